@@ -1,0 +1,50 @@
+# seals_gpu developer entry points. `make test` and `make demo` work on a fresh machine with only
+# Python >= 3.10, make and apt: each does its own setup first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+EXTRAS ?= dist,text,dev
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-all test-gpu demo bench lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# Without a CUDA driver, take torch's CPU build first so pip does not pull a multi-GB CUDA build.
+	if ! nvidia-smi >/dev/null 2>&1; then \
+	  $(PIP) install -q "torch==2.13.0"; \
+	fi
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -m "not gpu and not slow" $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/seals-gpu demo --out demo_out
+
+bench: setup
+	$(PY) benchmarks/run_quick.py
+
+lint: setup
+	$(VENV)/bin/ruff check seals_gpu kernels benchmarks tests
+	$(VENV)/bin/ruff format --check seals_gpu kernels benchmarks tests
+
+format: setup
+	$(VENV)/bin/ruff check --fix seals_gpu kernels benchmarks tests
+	$(VENV)/bin/ruff format seals_gpu kernels benchmarks tests
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

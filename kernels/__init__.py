@@ -1,0 +1,1 @@
+"""CUDA kernels (CuPy RawModule), importable as ``seals_gpu.kernels``."""

@@ -1,0 +1,308 @@
+"""Build, open and describe an index folder (one or more shards over one store).
+
+Layout::
+
+    OUT/manifest.json      format, kind, dim, ntotal, store fingerprint, parameters, shards (dir, n, id range)
+    OUT/trained.faiss      ivfpq only: the empty trained IndexIVFPQ shared by every shard
+    OUT/shard-00000/       see :mod:`seals_gpu.index.shard`
+
+The build streams the store: it reads the id column once (8 bytes a row), then scatters each batch of
+vectors into the shards' memory-mapped ``vectors.npy``; memory stays bounded by the batch size, the ids
+and the FAISS codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ..atomic import atomic_dir
+from ..errors import IndexError_
+from ..store import Store, check_unique_ids
+from .merge import merge_neighbors
+from .shard import KINDS, IndexShard, SearchParams, default_ivf_params, train_ivfpq
+
+FORMAT = "seals_gpu.index/1"
+FLAT_MAX_ROWS = 1_000_000  # `--kind auto`: exact flat search up to this many rows, IVF-PQ above
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What to build. ``None`` fields default from the store's size (:func:`default_ivf_params`)."""
+
+    kind: str = "auto"
+    nlist: int | None = None
+    pq_m: int | None = None
+    nprobe: int | None = None
+    rerank: int | None = None
+    shards: int = 1
+    train_size: int | None = None
+    seed: int = 1234
+
+    def resolve(self, n: int, d: int) -> dict[str, Any]:
+        if self.kind not in ("auto", *KINDS):
+            raise IndexError_(f"--kind {self.kind!r} is unknown; choose auto, flat or ivfpq")
+        if self.shards < 1:
+            raise IndexError_(f"--shards {self.shards} must be at least 1")
+        if self.shards > n:
+            raise IndexError_(f"--shards {self.shards} is more than the store's {n} rows; use fewer shards")
+        kind = self.kind if self.kind != "auto" else ("flat" if n <= FLAT_MAX_ROWS else "ivfpq")
+        out: dict[str, Any] = {"kind": kind, "shards": self.shards}
+        if kind == "ivfpq":
+            p = default_ivf_params(n, d)
+            for key in ("nlist", "pq_m", "nprobe", "rerank"):
+                v = getattr(self, key)
+                if v is not None:
+                    if v < 1:
+                        raise IndexError_(f"--{key.replace('_', '-')} {v} must be at least 1")
+                    p[key] = int(v)
+            p["nprobe"] = min(p["nprobe"], p["nlist"])
+            p["train_size"] = int(self.train_size or min(n, max(65_536, 64 * p["nlist"])))
+            p["seed"] = self.seed
+            out.update(p)
+        return out
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None, (lambda n: None)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="rows", unit_scale=True, leave=False)
+    return bar, bar.update
+
+
+def build_index(
+    store: Store | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    spec: IndexSpec = IndexSpec(),
+    *,
+    progress: bool = False,
+    overwrite: bool = False,
+    fill: Callable[..., None] | None = None,
+) -> LocalIndex:
+    """Build an index folder from a store, atomically (the folder appears only when complete).
+
+    Args:
+        store: the store (or its path).
+        out: the index folder to create.
+        spec: kind and parameters; defaults come from the store's size.
+        fill: how shards are filled from their vectors (default: in this process); the Ray build passes
+            its own to fill shards in parallel tasks.
+
+    Returns:
+        The opened :class:`LocalIndex`.
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise IndexError_(f"{out} already exists and is not empty; pass --force or choose another folder")
+    n, d = store.num_rows, store.dim
+    params = spec.resolve(n, d)
+    ids = store.read_ids()
+    check_unique_ids(ids, where=f"store {store.path}")
+    sorted_ids = np.sort(ids)
+    del ids
+    bounds = np.linspace(0, n, params["shards"] + 1).astype(np.int64)
+    with atomic_dir(out) as tmp:
+        shard_dirs = [tmp / f"shard-{s:05d}" for s in range(params["shards"])]
+        mms = []
+        for s, sd in enumerate(shard_dirs):
+            sd.mkdir()
+            np.save(sd / "ids.npy", sorted_ids[bounds[s] : bounds[s + 1]])
+            mms.append(
+                np.lib.format.open_memmap(
+                    sd / "vectors.npy", mode="w+", dtype=np.float32, shape=(int(bounds[s + 1] - bounds[s]), d)
+                )
+            )
+        bar, tick = _progress(n, "reading store", progress)
+        for b in store.iter_batches():
+            pos = np.searchsorted(sorted_ids, b.ids)
+            shard_of = np.searchsorted(bounds, pos, side="right") - 1
+            for s in np.unique(shard_of):
+                m = shard_of == s
+                mms[s][pos[m] - bounds[s]] = b.embeddings[m]
+            tick(b.ids.size)
+        if bar is not None:
+            bar.close()
+        for mm in mms:
+            mm.flush()
+        del mms
+        trained = None
+        if params["kind"] == "ivfpq":
+            trained = _train(shard_dirs, bounds, params)
+            faiss.write_index(trained, str(tmp / "trained.faiss"))
+        manifest = {
+            "format": FORMAT,
+            "kind": params["kind"],
+            "dim": d,
+            "ntotal": n,
+            "store": {"path": str(store.path.resolve()), "fingerprint": store.fingerprint, "rows": n},
+            "params": {k: v for k, v in params.items() if k not in ("kind", "shards")},
+            "shards": [
+                {
+                    "dir": sd.name,
+                    "n": int(bounds[s + 1] - bounds[s]),
+                    "id_min": int(sorted_ids[bounds[s]]),
+                    "id_max": int(sorted_ids[bounds[s + 1] - 1]),
+                }
+                for s, sd in enumerate(shard_dirs)
+            ],
+        }
+        (fill or fill_shards_local)(shard_dirs, params, tmp / "trained.faiss" if trained is not None else None,
+                                    progress=progress)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return LocalIndex.open(out)
+
+
+def _train(shard_dirs: list[Path], bounds: np.ndarray, params: dict[str, Any]) -> faiss.Index:
+    n = int(bounds[-1])
+    rng = np.random.default_rng(params["seed"])
+    take = np.sort(rng.choice(n, size=min(n, params["train_size"]), replace=False))
+    parts = []
+    for s, sd in enumerate(shard_dirs):
+        sel = take[(take >= bounds[s]) & (take < bounds[s + 1])] - bounds[s]
+        if sel.size:
+            parts.append(np.load(sd / "vectors.npy", mmap_mode="r")[sel])
+    sample = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    return train_ivfpq(sample, nlist=params["nlist"], pq_m=params["pq_m"], seed=params["seed"])
+
+
+def fill_shard(shard_dir: str | os.PathLike[str], kind: str, trained_path: str | None, progress=None) -> None:
+    """Fill one shard folder (ids.npy + vectors.npy present) with its FAISS index. Pure function of files,
+    so it can run in any process (a Ray task) that sees the folder."""
+    shard_dir = Path(shard_dir)
+    if kind != "ivfpq":
+        return
+    ids = np.load(shard_dir / "ids.npy")
+    vectors = np.load(shard_dir / "vectors.npy", mmap_mode="r")
+    trained = faiss.read_index(str(trained_path))
+    shard = IndexShard.build(ids, vectors, kind=kind, trained=trained, progress=progress)
+    faiss.write_index(shard.index, str(shard_dir / "index.faiss.tmp"))
+    os.replace(shard_dir / "index.faiss.tmp", shard_dir / "index.faiss")
+
+
+def fill_shards_local(shard_dirs: list[Path], params: dict[str, Any], trained_path: Path | None, *,
+                      progress: bool = False) -> None:
+    if params["kind"] != "ivfpq":
+        return
+    total = 0
+    for sd in shard_dirs:
+        total += int(np.load(sd / "ids.npy", mmap_mode="r").shape[0])
+    bar, tick = _progress(total, "adding to IVF-PQ", progress)
+    for sd in shard_dirs:
+        fill_shard(sd, params["kind"], str(trained_path), progress=tick)
+    if bar is not None:
+        bar.close()
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    mf = path / "manifest.json"
+    if not path.is_dir():
+        raise IndexError_(f"index {path} does not exist; build one with `seals-gpu index build STORE {path}`")
+    if not mf.exists():
+        raise IndexError_(f"{mf} is missing: {path} is not a complete index; rebuild it with `seals-gpu index build`")
+    try:
+        m = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise IndexError_(f"{mf} is not valid JSON ({e}); rebuild the index") from None
+    if m.get("format") != FORMAT:
+        raise IndexError_(f"{mf}: format {m.get('format')!r}, expected {FORMAT!r}; rebuild the index")
+    return m
+
+
+class LocalIndex:
+    """All shards of an index folder in this process; fans out searches and merges them.
+
+    The same interface as the Ray ShardedIndex: ``search``, ``vectors``, ``iter_vectors``, ``ntotal``,
+    ``dim``, ``store_fingerprint``.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], shards: list[IndexShard]):
+        self.path = path
+        self.manifest = manifest
+        self.shards = shards
+        self.kind: str = manifest["kind"]
+        self.dim: int = int(manifest["dim"])
+        self.ntotal: int = int(manifest["ntotal"])
+        self.store_fingerprint: str = manifest["store"]["fingerprint"]
+        self._id_max = np.array([s["id_max"] for s in manifest["shards"]], dtype=np.int64)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, params: SearchParams | None = None) -> LocalIndex:
+        path = Path(path)
+        m = read_manifest(path)
+        p = m.get("params", {})
+        params = params or SearchParams(nprobe=int(p.get("nprobe", 32)), rerank=int(p.get("rerank", 4)))
+        shards = []
+        for s in m["shards"]:
+            sh = IndexShard.load(path / s["dir"], kind=m["kind"], params=params)
+            if sh.ntotal != s["n"] or sh.dim != m["dim"]:
+                raise IndexError_(f"{path / s['dir']}: holds {sh.ntotal}x{sh.dim}, manifest says "
+                                  f"{s['n']}x{m['dim']}; rebuild the index")
+            shards.append(sh)
+        return cls(path, m, shards)
+
+    def check_store(self, store: Store) -> None:
+        """Refuse an index built from another store (or an older version of this one)."""
+        if store.fingerprint != self.store_fingerprint:
+            raise IndexError_(
+                f"index {self.path} was built from a store with fingerprint {self.store_fingerprint}, but "
+                f"{store.path} has {store.fingerprint}; rebuild it with `seals-gpu index build {store.path} "
+                f"{self.path} --force`"
+            )
+
+    def shard_of(self, ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self._id_max, np.asarray(ids, dtype=np.int64), side="left")
+
+    def search(
+        self, xq: np.ndarray, k: int, *, exclude_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        parts = [s.search(xq, k, exclude_ids=exclude_ids) for s in self.shards]
+        return parts[0] if len(parts) == 1 else merge_neighbors(parts, k)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((ids.size, self.dim), dtype=np.float32)
+        owner = self.shard_of(ids)
+        if ids.size and owner.max() >= len(self.shards):
+            bad = ids[owner >= len(self.shards)][:5].tolist()
+            raise IndexError_(f"ids {bad} are not in index {self.path}; pass ids from its store")
+        for s in np.unique(owner):
+            m = owner == s
+            out[m] = self.shards[s].vectors_of(ids[m])
+        return out
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        owner = np.minimum(self.shard_of(ids), len(self.shards) - 1)
+        out = np.zeros(ids.shape, dtype=bool)
+        for s in np.unique(owner):
+            m = owner == s
+            out[m] = self.shards[s].contains(ids[m])
+        return out
+
+    def all_ids(self) -> np.ndarray:
+        return np.concatenate([s.ids for s in self.shards])
+
+    def iter_vectors(self, block_rows: int = 262_144) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for s in self.shards:
+            yield from s.iter_vectors(block_rows)
+
+    def describe(self) -> dict[str, Any]:
+        return {k: self.manifest[k] for k in ("kind", "dim", "ntotal", "params", "store")} | {
+            "shards": len(self.shards)
+        }
+
+
+def open_index(path: str | os.PathLike[str]) -> LocalIndex:
+    """Open an index folder in this process."""
+    return LocalIndex.open(path)

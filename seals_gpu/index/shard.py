@@ -1,0 +1,270 @@
+"""One index shard: the exact vectors of the ids it owns, plus (for IVF-PQ) a FAISS index over them.
+
+Layout of a shard folder::
+
+    ids.npy       int64 (n,), sorted ascending: the global ids this shard owns
+    vectors.npy   float32 (n, d), row i is the l2-normalised embedding of ids[i] (memory-mapped on load)
+    index.faiss   IVF-PQ only: FAISS IndexIVFPQ whose internal ids are row positions in this shard
+
+Search is by inner product on unit vectors (cosine similarity). Every result is re-scored exactly from the
+shard's own vectors (float64 dot products) and ordered by similarity descending, then id ascending, so
+results are deterministic and comparable across shards and machines.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ..errors import IndexError_
+
+KINDS = ("flat", "ivfpq")
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Query-time knobs. ``rerank``: IVF-PQ fetches ``rerank * k`` candidates and re-ranks them exactly."""
+
+    nprobe: int = 32
+    rerank: int = 4
+
+
+def _check_queries(xq: np.ndarray, dim: int) -> np.ndarray:
+    xq = np.asarray(xq)
+    if xq.ndim != 2 or xq.shape[1] != dim:
+        raise IndexError_(f"queries must have shape (nq, {dim}), got {xq.shape}; reshape your data")
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    if not np.isfinite(xq).all():
+        raise IndexError_("queries contain NaN or inf; pass finite, l2-normalised vectors")
+    return xq
+
+
+def exact_scores(xq: np.ndarray, vectors: np.ndarray, pos: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """``sims[i, j] = xq[i] · vectors[pos[i, j]]`` in float64 (pos == -1 gives -inf), returned as float32.
+
+    The float64 per-pair dot product does not depend on how the database was blocked, so every index
+    kind and shard layout produces bit-identical similarities for the same pair.
+    """
+    nq, kc = pos.shape
+    out = np.full((nq, kc), -np.inf, dtype=np.float32)
+    for s in range(0, nq, chunk):
+        e = min(nq, s + chunk)
+        p = pos[s:e]
+        valid = p >= 0
+        g = vectors[np.where(valid, p, 0).ravel()].astype(np.float64).reshape(e - s, kc, -1)
+        sims = np.einsum("qkd,qd->qk", g, xq[s:e].astype(np.float64))
+        out[s:e] = np.where(valid, sims, -np.inf).astype(np.float32)
+    return out
+
+
+class IndexShard:
+    """A searchable shard. Build with :meth:`build`, reopen with :meth:`load`.
+
+    Example:
+        >>> shard = IndexShard.build(ids, vectors, kind="flat")          # doctest: +SKIP
+        >>> D, I = shard.search(vectors[:5], k=10, exclude_ids=ids[:5])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        *,
+        kind: str,
+        faiss_index: faiss.Index | None = None,
+        params: SearchParams | None = None,
+    ):
+        if kind not in KINDS:
+            raise IndexError_(f"unknown index kind {kind!r}; choose one of {KINDS}")
+        if ids.ndim != 1 or vectors.ndim != 2 or vectors.shape[0] != ids.shape[0]:
+            raise IndexError_(f"shard ids {ids.shape} and vectors {vectors.shape} disagree")
+        if ids.size > 1 and not (ids[1:] > ids[:-1]).all():
+            raise IndexError_("shard ids must be unique and sorted ascending")
+        if kind == "ivfpq" and faiss_index is None:
+            raise IndexError_("an ivfpq shard needs its FAISS index")
+        self.ids = ids
+        self.vectors = vectors
+        self.kind = kind
+        self.index = faiss_index
+        self.params = params or SearchParams()
+        if faiss_index is not None:
+            faiss_index.nprobe = self.params.nprobe
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(
+        cls,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        *,
+        kind: str = "flat",
+        trained: faiss.Index | None = None,
+        params: SearchParams | None = None,
+        add_block: int = 262_144,
+        progress=None,
+    ) -> IndexShard:
+        """Build a shard from sorted unique ``ids`` and their vectors.
+
+        For ``ivfpq`` pass ``trained``: an empty, trained IndexIVFPQ (the coarse quantizer and PQ shared
+        by every shard); it is cloned, not modified.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        index = None
+        if kind == "ivfpq":
+            if trained is None or not trained.is_trained:
+                raise IndexError_("ivfpq shards need a trained IndexIVFPQ; train one with train_ivfpq()")
+            index = faiss.clone_index(trained)
+            for s in range(0, ids.size, add_block):
+                e = min(ids.size, s + add_block)
+                x = np.ascontiguousarray(vectors[s:e], dtype=np.float32)
+                index.add_with_ids(x, np.arange(s, e, dtype=np.int64))
+                if progress is not None:
+                    progress(e - s)
+        elif progress is not None:
+            progress(ids.size)
+        return cls(ids, vectors, kind=kind, faiss_index=index, params=params)
+
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Write the shard into ``folder`` (callers make the folder atomic; see build_index)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "ids.npy", self.ids)
+        if not (isinstance(self.vectors, np.memmap) and Path(self.vectors.filename) == folder / "vectors.npy"):
+            np.save(folder / "vectors.npy", np.ascontiguousarray(self.vectors, dtype=np.float32))
+        if self.index is not None:
+            faiss.write_index(self.index, str(folder / "index.faiss"))
+
+    @classmethod
+    def load(
+        cls, folder: str | os.PathLike[str], *, kind: str, params: SearchParams | None = None, mmap: bool = True
+    ) -> IndexShard:
+        folder = Path(folder)
+        try:
+            ids = np.load(folder / "ids.npy")
+            vectors = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
+        except FileNotFoundError as e:
+            raise IndexError_(f"{folder}: missing {Path(e.filename).name}; rebuild the index") from None
+        except (ValueError, OSError, EOFError) as e:
+            raise IndexError_(f"{folder}: shard file is corrupt or truncated ({e}); rebuild the index") from None
+        if ids.dtype != np.int64 or vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != ids.size:
+            raise IndexError_(
+                f"{folder}: ids {ids.dtype}{ids.shape} and vectors {vectors.dtype}{vectors.shape} disagree; "
+                "rebuild the index"
+            )
+        index = None
+        if kind == "ivfpq":
+            path = folder / "index.faiss"
+            if not path.exists():
+                raise IndexError_(f"{path} is missing; rebuild the index")
+            try:
+                index = faiss.read_index(str(path))
+            except RuntimeError as e:
+                raise IndexError_(f"{path}: corrupt or truncated FAISS index ({str(e).splitlines()[0]}); "
+                                  "rebuild the index") from None
+            if index.ntotal != ids.size:
+                raise IndexError_(f"{path}: holds {index.ntotal} vectors but ids.npy has {ids.size}; rebuild")
+        return cls(ids, vectors, kind=kind, faiss_index=index, params=params)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def ntotal(self) -> int:
+        return int(self.ids.size)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions of ``ids`` in this shard; raises naming the ids it does not own."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(self.ids, ids)
+        pos_c = np.minimum(pos, max(self.ids.size - 1, 0))
+        ok = (self.ids.size > 0) & (self.ids[pos_c] == ids) if self.ids.size else np.zeros(ids.shape, bool)
+        if not np.all(ok):
+            bad = ids[~ok][:5].tolist()
+            raise IndexError_(f"ids {bad} are not in this index; pass ids from the store it was built on")
+        return pos_c
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.ids.size == 0:
+            return np.zeros(ids.shape, dtype=bool)
+        pos = np.minimum(np.searchsorted(self.ids, ids), self.ids.size - 1)
+        return self.ids[pos] == ids
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """Exact float32 vectors of ``ids`` (in the order given)."""
+        return np.ascontiguousarray(self.vectors[self.positions(ids)], dtype=np.float32)
+
+    def search(
+        self, xq: np.ndarray, k: int, *, exclude_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` neighbours by cosine similarity. Returns ``(D, I)``, (nq, k), global ids, -1 padded.
+
+        ``exclude_ids`` (nq,): drop that id from each query's result (a query's own id).
+        """
+        if k < 1:
+            raise IndexError_(f"k={k}; the number of neighbours must be at least 1")
+        xq = _check_queries(xq, self.dim)
+        nq = xq.shape[0]
+        if exclude_ids is not None:
+            exclude_ids = np.asarray(exclude_ids, dtype=np.int64)
+            if exclude_ids.shape != (nq,):
+                raise IndexError_(f"exclude_ids must have shape ({nq},), got {exclude_ids.shape}")
+        if nq == 0 or self.ntotal == 0:
+            return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+        extra = 0 if exclude_ids is None else 1
+        if self.kind == "flat":
+            kc = min(self.ntotal, k + extra + 8)  # a small margin so ties at the boundary resolve by id
+            _, pos = faiss.knn(xq, np.ascontiguousarray(self.vectors), kc, metric=faiss.METRIC_INNER_PRODUCT)
+        else:
+            kc = min(self.ntotal, max(k + extra, self.params.rerank * (k + extra)))
+            self.index.nprobe = self.params.nprobe
+            _, pos = self.index.search(xq, kc)
+        pos = np.asarray(pos, dtype=np.int64)
+        sims = exact_scores(xq, self.vectors, pos)
+        gids = np.where(pos >= 0, self.ids[np.maximum(pos, 0)], -1)
+        if exclude_ids is not None:
+            gids = np.where(gids == exclude_ids[:, None], -1, gids)
+        from .merge import sort_neighbors
+
+        return sort_neighbors(sims, gids, k)
+
+    def iter_vectors(self, block_rows: int = 262_144):
+        """Stream ``(ids, vectors)`` blocks of this shard (for All-mode scoring)."""
+        for s in range(0, self.ntotal, block_rows):
+            e = min(self.ntotal, s + block_rows)
+            yield self.ids[s:e], np.ascontiguousarray(self.vectors[s:e], dtype=np.float32)
+
+
+def default_ivf_params(n: int, d: int) -> dict[str, int]:
+    """Defaults from the store's size: nlist ≈ 4·sqrt(n) rounded to a power of two (>= 16), PQ with
+    ``m`` sub-quantizers (32 when d allows, else the largest divisor of d ≤ 32), nprobe = nlist/16
+    (>= 16), re-rank 4·k."""
+    nlist = int(2 ** round(np.log2(max(16.0, 4.0 * np.sqrt(max(n, 1))))))
+    nlist = max(16, min(nlist, 1 << 18, max(16, n // 39)))
+    m = max(q for q in range(1, min(32, d) + 1) if d % q == 0)
+    return {"nlist": nlist, "pq_m": m, "nprobe": max(16, nlist // 16), "rerank": 4}
+
+
+def train_ivfpq(sample: np.ndarray, *, nlist: int, pq_m: int, seed: int = 1234) -> faiss.Index:
+    """Train the shared coarse quantizer and PQ on ``sample`` (unit vectors); returns an empty index."""
+    n, d = sample.shape
+    if d % pq_m:
+        raise IndexError_(f"--pq-m {pq_m} must divide the dimension {d}; try one of "
+                          f"{[q for q in range(1, min(64, d) + 1) if d % q == 0][-4:]}")
+    if nlist < 1:
+        raise IndexError_(f"--nlist {nlist} must be at least 1")
+    if n < nlist:
+        raise IndexError_(f"--nlist {nlist} needs at least {nlist} training vectors, the store has {n}; "
+                          "lower --nlist or use --kind flat")
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.pq.cp.seed = seed
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return index

@@ -1,0 +1,745 @@
+"""The embedding store: a folder of Parquet files with global int64 ids.
+
+Schema (see ARCHITECTURE.md):
+
+- ``id: int64`` unique across the store (other integer types are widened on read);
+- ``embedding: fixed_size_list<float32>[d]`` (``float16`` and ``list<float>`` accepted on read);
+- optional ``labels: list<int64>`` or ``list<string>``: the concepts each item belongs to (multi-label);
+- optional ``split: string`` with values ``train`` / ``test``; without it the test split is a deterministic
+  hash of the id (:func:`hash_test_mask`);
+- any other column passes through untouched (text, uri, ...).
+
+Data files are ``*.parquet`` directly in the folder; names starting with ``_`` or ``.`` are side files
+(``_concepts.parquet`` maps concept ids to human names). Reads stream record batches, so memory stays
+bounded by the batch size whatever the store's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_dir
+from .errors import StoreError
+
+TEST_FRACTION = 0.2
+CONCEPTS_FILE = "_concepts.parquet"
+DEFAULT_BATCH_ROWS = 65_536
+
+__all__ = [
+    "Store",
+    "StoreWriter",
+    "Batch",
+    "write_store",
+    "hash_test_mask",
+    "l2_normalize",
+    "TEST_FRACTION",
+]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One streamed slice of the store. ``embeddings`` is float32 (n, d), C-contiguous."""
+
+    ids: np.ndarray
+    embeddings: np.ndarray | None
+    labels: list[list[Any]] | None
+    split: np.ndarray | None  # bool: True where the row is in the test split
+    file: str
+    row_offset: int  # index of the first row of this batch within its file
+
+
+def hash_test_mask(ids: np.ndarray, fraction: float = TEST_FRACTION) -> np.ndarray:
+    """Deterministic test split from ids alone: splitmix64(id) mapped to [0, 1) and compared to ``fraction``.
+
+    The same id is in the same split on every machine, whatever the order or sharding of the store.
+    """
+    x = np.asarray(ids, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    u = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return u < fraction
+
+
+def l2_normalize(x: np.ndarray, *, where: str = "embeddings") -> np.ndarray:
+    """Return float32 rows of unit length; zero rows are an error (they have no direction)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    bad = np.flatnonzero(norms[:, 0] == 0)
+    if bad.size:
+        raise StoreError(
+            f"{where}: row {int(bad[0])} is an all-zero vector, which cannot be l2-normalised; "
+            "drop it or give it a real embedding"
+        )
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def _check_finite(emb: np.ndarray, ids: np.ndarray, where: str) -> None:
+    finite = np.isfinite(emb).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise StoreError(
+            f"{where}: embedding of id {int(ids[row])} contains NaN or inf; "
+            "fix or drop that row before writing the store"
+        )
+
+
+def _embedding_dim(field: pa.Field, file: str) -> int | None:
+    t = field.type
+    if pa.types.is_fixed_size_list(t):
+        value = t.value_type
+        if not (pa.types.is_floating(value)):
+            raise StoreError(
+                f"{file}: column 'embedding' holds {value}, expected float32 or float16 values; "
+                "write embeddings as fixed_size_list<float32>[d]"
+            )
+        return t.list_size
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        if not pa.types.is_floating(t.value_type):
+            raise StoreError(
+                f"{file}: column 'embedding' holds {t.value_type}, expected float values; "
+                "write embeddings as fixed_size_list<float32>[d]"
+            )
+        return None
+    raise StoreError(
+        f"{file}: column 'embedding' has type {t}, expected fixed_size_list<float32>[d] "
+        "(float16 and list<float> are accepted too)"
+    )
+
+
+def _embeddings_to_numpy(col: pa.ChunkedArray | pa.Array, dim: int, file: str, row0: int) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.null_count:
+        raise StoreError(
+            f"{file}: column 'embedding' has a null at row {row0 + int(np.flatnonzero(col.is_null())[0])}; "
+            "every row needs an embedding"
+        )
+    t = col.type
+    if pa.types.is_fixed_size_list(t):
+        values = col.flatten()
+        n = len(col)
+    else:
+        lengths = np.asarray(col.value_lengths())
+        wrong = np.flatnonzero(lengths != dim)
+        if wrong.size:
+            raise StoreError(
+                f"{file}: row {row0 + int(wrong[0])} has an embedding of length {int(lengths[wrong[0]])}, "
+                f"expected {dim} like the rest of the store; all embeddings need one dimension"
+            )
+        values = col.flatten()
+        n = len(col)
+    arr = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return arr.reshape(n, dim)
+
+
+def _ids_to_numpy(col: pa.ChunkedArray | pa.Array, file: str) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not pa.types.is_integer(col.type):
+        raise StoreError(
+            f"{file}: column 'id' has type {col.type}, expected int64; ids are global integers "
+            "(cast them, or map your keys to int64 and keep the key in another column)"
+        )
+    if col.null_count:
+        raise StoreError(f"{file}: column 'id' has {col.null_count} null(s); every row needs an int64 id")
+    ids = col.to_numpy(zero_copy_only=False)
+    if ids.dtype == np.uint64 and ids.size and ids.max() > np.iinfo(np.int64).max:
+        raise StoreError(f"{file}: column 'id' has values above the int64 range; ids must fit in int64")
+    return ids.astype(np.int64, copy=False)
+
+
+class Store:
+    """A read-only view of a store folder. Opening it checks every file's schema (cheap, metadata only);
+    :meth:`validate` scans the data too (NaN/inf, duplicate ids, zero vectors).
+
+    Example:
+        >>> store = Store("data/wordnet")              # doctest: +SKIP
+        >>> for batch in store.iter_batches():         # doctest: +SKIP
+        ...     batch.ids, batch.embeddings.shape
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"store {self.path} does not exist; create one with `seals-gpu store synth` or write_store()")
+        if self.path.is_file():
+            raise StoreError(f"store {self.path} is a file; a store is a folder of Parquet files")
+        self.files: list[Path] = sorted(
+            p for p in self.path.iterdir() if p.suffix == ".parquet" and not p.name.startswith(("_", "."))
+        )
+        if not self.files:
+            raise StoreError(f"store {self.path} holds no .parquet files; it is empty")
+        self._meta: list[pq.FileMetaData] = []
+        dim: int | None = None
+        dim_file: Path | None = None
+        self.label_kind: str | None = None
+        self.has_split = True
+        self.has_labels = True
+        schema0: pa.Schema | None = None
+        for f in self.files:
+            try:
+                pf = pq.ParquetFile(f)
+            except Exception as e:  # pyarrow raises several types for corrupt files
+                raise StoreError(f"{f}: not a readable Parquet file ({e}); rewrite or remove it") from None
+            schema = pf.schema_arrow
+            self._meta.append(pf.metadata)
+            for col in ("id", "embedding"):
+                if col not in schema.names:
+                    raise StoreError(
+                        f"{f}: missing column {col!r} (found {schema.names}); a store needs 'id' (int64) "
+                        "and 'embedding' (fixed_size_list<float32>[d])"
+                    )
+            if not pa.types.is_integer(schema.field("id").type):
+                raise StoreError(
+                    f"{f}: column 'id' has type {schema.field('id').type}, expected int64; "
+                    "map your keys to int64 ids"
+                )
+            d = _embedding_dim(schema.field("embedding"), str(f))
+            if d is None:
+                d = self._first_list_len(pf, f)
+            if dim is None:
+                dim, dim_file = d, f
+            elif d != dim:
+                raise StoreError(
+                    f"{f}: embeddings have dimension {d}, but {dim_file} has {dim}; "
+                    "all files of a store need the same dimension"
+                )
+            has_labels = "labels" in schema.names
+            if has_labels:
+                lt = schema.field("labels").type
+                if not (pa.types.is_list(lt) or pa.types.is_large_list(lt)):
+                    raise StoreError(
+                        f"{f}: column 'labels' has type {lt}, expected list<int64> or list<string> "
+                        "(the concepts each item belongs to)"
+                    )
+                if pa.types.is_integer(lt.value_type):
+                    kind = "int"
+                elif pa.types.is_string(lt.value_type) or pa.types.is_large_string(lt.value_type):
+                    kind = "str"
+                else:
+                    raise StoreError(
+                        f"{f}: column 'labels' holds {lt.value_type}, expected int64 or string concept ids"
+                    )
+                if self.label_kind is not None and kind != self.label_kind:
+                    raise StoreError(f"{f}: 'labels' are {kind} here but {self.label_kind} in other files")
+                self.label_kind = kind
+            if "split" in schema.names:
+                st = schema.field("split").type
+                if not (pa.types.is_string(st) or pa.types.is_large_string(st) or pa.types.is_dictionary(st)):
+                    raise StoreError(f"{f}: column 'split' has type {st}, expected string ('train'/'test')")
+            if schema0 is None:
+                schema0 = schema
+                self.has_labels = has_labels
+                self.has_split = "split" in schema.names
+            else:
+                if has_labels != self.has_labels:
+                    raise StoreError(f"{f}: has{'' if has_labels else ' no'} 'labels' column, unlike {self.files[0]}")
+                if ("split" in schema.names) != self.has_split:
+                    raise StoreError(f"{f}: 'split' column present in some files only; add it to all or none")
+        assert dim is not None
+        if dim < 1:
+            raise StoreError(f"store {self.path}: embedding dimension is {dim}; it must be at least 1")
+        self.dim: int = int(dim)
+        self.num_rows: int = int(sum(m.num_rows for m in self._meta))
+        if self.num_rows == 0:
+            raise StoreError(f"store {self.path}: its files hold no rows; it is empty")
+        self.schema: pa.Schema = schema0  # type: ignore[assignment]
+        self._fingerprint: str | None = None
+
+    @staticmethod
+    def _first_list_len(pf: pq.ParquetFile, f: Path) -> int:
+        for rb in pf.iter_batches(batch_size=1, columns=["embedding"]):
+            if len(rb) and rb.column(0)[0].is_valid:
+                return len(rb.column(0)[0])
+        raise StoreError(f"{f}: no embedding to read a dimension from")
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def fingerprint(self) -> str:
+        """A content fingerprint: file names, sizes, row counts and each file's Parquet footer.
+
+        The footer holds every row group's statistics, so rewriting data changes it; it costs one small
+        read per file, not a scan.
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for f, m in zip(self.files, self._meta):
+                size = f.stat().st_size
+                h.update(f"{f.name}\0{size}\0{m.num_rows}\0".encode())
+                with open(f, "rb") as fh:
+                    fh.seek(max(0, size - 65536))
+                    h.update(fh.read())
+            self._fingerprint = h.hexdigest()[:32]
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ streaming
+    def iter_batches(
+        self,
+        *,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        embeddings: bool = True,
+        labels: bool = False,
+        split: bool = False,
+        normalize: bool = True,
+        columns: Sequence[str] = (),
+    ) -> Iterator[Batch]:
+        """Stream the store in batches of at most ``batch_rows`` rows (bounded memory).
+
+        Embeddings come back float32, l2-normalised unless ``normalize=False``; NaN or inf raises.
+        """
+        if labels and not self.has_labels:
+            raise StoreError(f"store {self.path} has no 'labels' column; it cannot simulate an oracle")
+        cols = ["id"]
+        if embeddings:
+            cols.append("embedding")
+        if labels:
+            cols.append("labels")
+        if split and self.has_split:
+            cols.append("split")
+        cols += [c for c in columns if c not in cols]
+        for f in self.files:
+            try:
+                pf = pq.ParquetFile(f)
+                row0 = 0
+                for rb in pf.iter_batches(batch_size=batch_rows, columns=cols):
+                    yield self._convert(rb, f, row0, embeddings, labels, split, normalize)
+                    row0 += len(rb)
+            except StoreError:
+                raise
+            except (OSError, pa.ArrowException) as e:
+                raise StoreError(f"{f}: could not be read ({e}); the file is corrupt or truncated") from None
+
+    def _convert(
+        self, rb: pa.RecordBatch, f: Path, row0: int, emb: bool, labels: bool, split: bool, normalize: bool
+    ) -> Batch:
+        ids = _ids_to_numpy(rb.column("id"), str(f))
+        x = None
+        if emb:
+            x = _embeddings_to_numpy(rb.column("embedding"), self.dim, str(f), row0)
+            _check_finite(x, ids, str(f))
+            if normalize:
+                x = l2_normalize(x, where=f"{f} (id {int(ids[0]) if ids.size else '?'}...)")
+        lab = rb.column("labels").to_pylist() if labels else None
+        if lab is not None:
+            lab = [v if v is not None else [] for v in lab]
+        sp = None
+        if split:
+            if self.has_split:
+                s = np.asarray(rb.column("split").cast(pa.string()).to_pylist(), dtype=object)
+                bad = ~np.isin(s, ["train", "test"])
+                if bad.any():
+                    r = int(np.flatnonzero(bad)[0])
+                    raise StoreError(
+                        f"{f}: row {row0 + r} has split {s[r]!r}; expected 'train' or 'test'"
+                    )
+                sp = s == "test"
+            else:
+                sp = hash_test_mask(ids)
+        return Batch(ids=ids, embeddings=x, labels=lab, split=sp, file=f.name, row_offset=row0)
+
+    def read_ids(self) -> np.ndarray:
+        """All ids in store order, int64. Costs 8 bytes per row."""
+        out = np.empty(self.num_rows, dtype=np.int64)
+        pos = 0
+        for b in self.iter_batches(embeddings=False):
+            out[pos : pos + b.ids.size] = b.ids
+            pos += b.ids.size
+        return out
+
+    def read_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, is_test)`` for every row, in store order."""
+        ids = np.empty(self.num_rows, dtype=np.int64)
+        test = np.empty(self.num_rows, dtype=bool)
+        pos = 0
+        for b in self.iter_batches(embeddings=False, split=True):
+            ids[pos : pos + b.ids.size] = b.ids
+            test[pos : pos + b.ids.size] = b.split
+            pos += b.ids.size
+        return ids, test
+
+    def take(self, ids: Iterable[int] | np.ndarray, *, normalize: bool = True) -> np.ndarray:
+        """Embeddings of ``ids`` in the order given, float32 (len(ids), d). One streaming pass.
+
+        Raises if any id is not in the store.
+        """
+        want = np.asarray(ids, dtype=np.int64).ravel()
+        out = np.empty((want.size, self.dim), dtype=np.float32)
+        if want.size == 0:
+            return out
+        order = np.argsort(want, kind="stable")
+        sorted_want = want[order]
+        found = np.zeros(want.size, dtype=bool)
+        for b in self.iter_batches(normalize=normalize):
+            pos = np.searchsorted(sorted_want, b.ids)
+            pos_c = np.minimum(pos, sorted_want.size - 1)
+            hit = sorted_want[pos_c] == b.ids
+            if not hit.any():
+                continue
+            rows = np.flatnonzero(hit)
+            # an id requested several times: fill every slot
+            for r in rows:
+                lo = np.searchsorted(sorted_want, b.ids[r], side="left")
+                hi = np.searchsorted(sorted_want, b.ids[r], side="right")
+                out[order[lo:hi]] = b.embeddings[r]
+                found[order[lo:hi]] = True
+        if not found.all():
+            missing = want[~found][:5].tolist()
+            raise StoreError(f"ids not in store {self.path}: {missing}; pass ids that the store holds")
+        return out
+
+    # ------------------------------------------------------------------ concepts
+    def concept_counts(self, *, split: str | None = None) -> dict[Any, int]:
+        """Number of items per concept (optionally within one split: 'train' or 'test')."""
+        counts: dict[Any, int] = {}
+        for b in self.iter_batches(embeddings=False, labels=True, split=split is not None):
+            keep = None if split is None else (b.split if split == "test" else ~b.split)
+            for i, labs in enumerate(b.labels or []):
+                if keep is not None and not keep[i]:
+                    continue
+                for c in labs:
+                    counts[c] = counts.get(c, 0) + 1
+        return counts
+
+    def concept_positives(self, concepts: Iterable[Any]) -> dict[Any, np.ndarray]:
+        """Sorted int64 ids of the items that belong to each concept (all splits)."""
+        want = list(concepts)
+        pos: dict[Any, list[np.ndarray]] = {c: [] for c in want}
+        wanted = set(want)
+        for b in self.iter_batches(embeddings=False, labels=True):
+            hits: dict[Any, list[int]] = {}
+            for i, labs in enumerate(b.labels or []):
+                for c in labs:
+                    if c in wanted:
+                        hits.setdefault(c, []).append(i)
+            for c, rows in hits.items():
+                pos[c].append(b.ids[np.asarray(rows, dtype=np.int64)])
+        return {
+            c: np.sort(np.concatenate(v)) if v else np.empty(0, dtype=np.int64) for c, v in pos.items()
+        }
+
+    def concept_names(self) -> dict[Any, str]:
+        """Human names of concepts from ``_concepts.parquet`` when the store has one, else empty."""
+        f = self.path / CONCEPTS_FILE
+        if not f.exists():
+            return {}
+        t = pq.read_table(f)
+        key = "concept_id" if "concept_id" in t.column_names else "concept"
+        if key not in t.column_names or "name" not in t.column_names:
+            raise StoreError(f"{f}: expected columns 'concept_id' (or 'concept') and 'name'")
+        return dict(zip(t.column(key).to_pylist(), t.column("name").to_pylist()))
+
+    def resolve_concepts(self, tokens: Sequence[str]) -> list[Any]:
+        """Turn CLI tokens into concept keys: an int (for int labels), a string label, or a name from
+        ``_concepts.parquet``. Unknown tokens raise with a hint."""
+        names = self.concept_names()
+        by_name: dict[str, list[Any]] = {}
+        for k, v in names.items():
+            by_name.setdefault(str(v).lower(), []).append(k)
+        out: list[Any] = []
+        for tok in tokens:
+            tok = tok.strip()
+            if not tok:
+                continue
+            key: Any = None
+            if self.label_kind == "int":
+                try:
+                    key = int(tok)
+                except ValueError:
+                    cands = by_name.get(tok.lower(), [])
+                    if len(cands) > 1:
+                        raise StoreError(
+                            f"concept name {tok!r} is ambiguous ({len(cands)} concepts: {cands[:5]}); "
+                            "pass the concept id instead"
+                        ) from None
+                    key = cands[0] if cands else None
+            else:
+                key = tok
+            if key is None:
+                raise StoreError(
+                    f"unknown concept {tok!r}; list the store's concepts with `seals-gpu store info {self.path}`"
+                )
+            out.append(key)
+        if len(set(out)) != len(out):
+            dup = [c for c in out if out.count(c) > 1][0]
+            raise StoreError(f"concept {dup!r} is listed twice; list each concept once")
+        return out
+
+    # ------------------------------------------------------------------ checks and summaries
+    def validate(self) -> None:
+        """Full scan: NaN/inf and zero vectors (raised while streaming) and duplicate ids."""
+        ids = np.empty(self.num_rows, dtype=np.int64)
+        pos = 0
+        for b in self.iter_batches(batch_rows=DEFAULT_BATCH_ROWS, split=True):
+            ids[pos : pos + b.ids.size] = b.ids
+            pos += b.ids.size
+        check_unique_ids(ids, where=f"store {self.path}")
+
+    def info(self) -> dict[str, Any]:
+        """Rows, dimension, split sizes, concept counts and a prevalence histogram."""
+        n_test = 0
+        counts: dict[Any, int] = {}
+        for b in self.iter_batches(embeddings=False, split=True, labels=self.has_labels):
+            n_test += int(b.split.sum())
+            for labs in b.labels or []:
+                for c in labs:
+                    counts[c] = counts.get(c, 0) + 1
+        edges = [0.0, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 1e-1, 1.0]
+        hist = [0] * (len(edges) - 1)
+        for c in counts.values():
+            p = c / self.num_rows
+            for i in range(len(edges) - 1):
+                if edges[i] <= p < edges[i + 1] or (i == len(edges) - 2 and p == 1.0):
+                    hist[i] += 1
+                    break
+        return {
+            "path": str(self.path),
+            "rows": self.num_rows,
+            "dim": self.dim,
+            "files": len(self.files),
+            "fingerprint": self.fingerprint,
+            "split": {
+                "source": "column" if self.has_split else "hash(id)",
+                "train": self.num_rows - n_test,
+                "test": n_test,
+            },
+            "concepts": len(counts),
+            "label_kind": self.label_kind,
+            "prevalence_histogram": [
+                {"min": edges[i], "max": edges[i + 1], "concepts": hist[i]} for i in range(len(hist))
+            ],
+            "top_concepts": sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[:10],
+            "counts": counts,
+        }
+
+
+def check_unique_ids(ids: np.ndarray, *, where: str) -> None:
+    s = np.sort(ids, kind="stable")
+    dup = np.flatnonzero(s[1:] == s[:-1])
+    if dup.size:
+        raise StoreError(
+            f"{where}: id {int(s[dup[0]])} appears more than once ({dup.size} duplicate(s) in all); ids must be unique"
+        )
+
+
+def _embedding_array(x: np.ndarray) -> pa.FixedSizeListArray:
+    n, d = x.shape
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=pa.float32()), d)
+
+
+def _labels_array(labels: Sequence[Sequence[Any]]) -> pa.Array:
+    kinds = {type(v) for row in labels for v in row}
+    if kinds and all(issubclass(k, (int, np.integer)) for k in kinds):
+        return pa.array([[int(v) for v in row] for row in labels], type=pa.list_(pa.int64()))
+    if kinds and all(issubclass(k, str) for k in kinds):
+        return pa.array([list(row) for row in labels], type=pa.list_(pa.string()))
+    if not kinds:
+        return pa.array([[] for _ in labels], type=pa.list_(pa.int64()))
+    raise StoreError(f"labels mix types {sorted(k.__name__ for k in kinds)}; use all int64 or all strings")
+
+
+class StoreWriter:
+    """Write a store batch by batch in bounded memory; the folder appears only when :meth:`close` succeeds.
+
+    Ids must be unique across all batches (checked on close). Embeddings are l2-normalised unless
+    ``normalize=False``.
+
+    Example:
+        >>> with StoreWriter("out/store", dim=128) as w:        # doctest: +SKIP
+        ...     w.write(ids, emb, labels=labels)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        dim: int,
+        normalize: bool = True,
+        rows_per_file: int = 1_000_000,
+        overwrite: bool = False,
+    ):
+        self.path = Path(path)
+        if self.path.exists() and any(self.path.iterdir()) and not overwrite:
+            raise StoreError(f"{self.path} already exists and is not empty; pass overwrite / --force or pick a new path")
+        if dim < 1:
+            raise StoreError(f"dim={dim}; the embedding dimension must be at least 1")
+        self.dim = int(dim)
+        self.normalize = normalize
+        self.rows_per_file = int(rows_per_file)
+        self._ctx = atomic_dir(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._file_rows = 0
+        self._file_no = 0
+        self._ids: list[np.ndarray] = []
+        self._extra_files: dict[str, pa.Table] = {}
+        self.rows = 0
+
+    def write(
+        self,
+        ids: np.ndarray,
+        embeddings: np.ndarray,
+        *,
+        labels: Sequence[Sequence[Any]] | None = None,
+        split: Sequence[str] | np.ndarray | None = None,
+        extra: dict[str, Sequence[Any]] | None = None,
+    ) -> None:
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise StoreError(f"ids must be a 1-D integer array, got shape {ids.shape} dtype {ids.dtype}")
+        ids = ids.astype(np.int64)
+        x = np.asarray(embeddings)
+        if x.ndim != 2 or x.shape[0] != ids.size:
+            raise StoreError(f"embeddings must have shape ({ids.size}, {self.dim}), got {x.shape}")
+        if x.shape[1] != self.dim:
+            raise StoreError(f"embeddings have dimension {x.shape[1]}, but this store has dim={self.dim}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        _check_finite(x, ids, "write")
+        if self.normalize:
+            x = l2_normalize(x, where="write")
+        cols: dict[str, pa.Array] = {"id": pa.array(ids, type=pa.int64()), "embedding": _embedding_array(x)}
+        if labels is not None:
+            if len(labels) != ids.size:
+                raise StoreError(f"labels has {len(labels)} rows, expected {ids.size}")
+            cols["labels"] = _labels_array(labels)
+        if split is not None:
+            s = np.asarray(split, dtype=object)
+            if s.shape != (ids.size,) or not np.isin(s, ["train", "test"]).all():
+                raise StoreError("split must hold one of 'train'/'test' per row")
+            cols["split"] = pa.array(s.tolist(), type=pa.string())
+        for k, v in (extra or {}).items():
+            cols[k] = pa.array(list(v))
+        table = pa.table(cols)
+        if self._schema is None:
+            self._schema = table.schema
+        elif table.schema != self._schema:
+            if table.schema.names != self._schema.names:
+                raise StoreError(f"batch columns {table.schema.names} differ from the first batch's {self._schema.names}")
+            table = table.cast(self._schema)
+        start = 0
+        while start < table.num_rows:
+            if self._writer is None:
+                name = self._tmp / f"part-{self._file_no:05d}.parquet"
+                self._writer = pq.ParquetWriter(name, self._schema)
+                self._file_rows = 0
+            take = min(table.num_rows - start, self.rows_per_file - self._file_rows)
+            self._writer.write_table(table.slice(start, take), row_group_size=65_536)
+            self._file_rows += take
+            start += take
+            if self._file_rows >= self.rows_per_file:
+                self._writer.close()
+                self._writer = None
+                self._file_no += 1
+        self._ids.append(ids)
+        self.rows += int(ids.size)
+
+    def add_side_table(self, name: str, table: pa.Table) -> None:
+        """A side file such as ``_concepts.parquet`` (name must start with '_')."""
+        if not name.startswith("_"):
+            raise StoreError(f"side file {name!r} must start with '_' so readers skip it as data")
+        self._extra_files[name] = table
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.rows == 0:
+            self.abort()
+            raise StoreError(f"{self.path}: nothing was written; a store needs at least one row")
+        try:
+            check_unique_ids(np.concatenate(self._ids), where=f"store {self.path}")
+            for name, t in self._extra_files.items():
+                pq.write_table(t, self._tmp / name)
+        except BaseException as e:
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        err = RuntimeError("aborted")
+        try:
+            self._ctx.__exit__(RuntimeError, err, None)
+        except RuntimeError:
+            pass
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_store(
+    path: str | os.PathLike[str],
+    ids: np.ndarray,
+    embeddings: np.ndarray,
+    *,
+    labels: Sequence[Sequence[Any]] | None = None,
+    split: Sequence[str] | np.ndarray | None = None,
+    extra: dict[str, Sequence[Any]] | None = None,
+    normalize: bool = True,
+    rows_per_file: int = 1_000_000,
+    overwrite: bool = False,
+) -> Store:
+    """Write an in-memory store atomically and return it opened.
+
+    Args:
+        path: the folder to create.
+        ids: int64 (n,), unique.
+        embeddings: (n, d) float; l2-normalised on write unless ``normalize=False``.
+        labels: per row, the concepts the item belongs to (ints or strings).
+        split: per row 'train' or 'test'; omit for the hash split.
+        extra: other columns passed through.
+
+    Example:
+        >>> store = write_store("tiny", np.arange(3), np.eye(3), labels=[[1], [], [1, 2]])  # doctest: +SKIP
+    """
+    x = np.asarray(embeddings)
+    if x.ndim != 2:
+        raise StoreError(f"embeddings must be 2-D (n, d), got shape {x.shape}; reshape your data")
+    with StoreWriter(path, dim=x.shape[1], normalize=normalize, rows_per_file=rows_per_file, overwrite=overwrite) as w:
+        step = 262_144
+        n = x.shape[0]
+        if n == 0:
+            raise StoreError("no rows to write; a store needs at least one row")
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            w.write(
+                np.asarray(ids)[s:e],
+                x[s:e],
+                labels=None if labels is None else labels[s:e],
+                split=None if split is None else np.asarray(split, dtype=object)[s:e],
+                extra=None if extra is None else {k: list(v)[s:e] for k, v in extra.items()},
+            )
+    return Store(path)
+
+
+def prevalence_range(text: str) -> tuple[float, float]:
+    """Parse 'MIN:MAX' (fractions, e.g. 0.001:0.01)."""
+    try:
+        lo_s, hi_s = text.split(":")
+        lo, hi = float(lo_s), float(hi_s)
+    except ValueError:
+        raise StoreError(f"prevalence {text!r} is not MIN:MAX, e.g. 0.001:0.01") from None
+    if not (0 < lo <= hi < 1) or math.isnan(lo) or math.isnan(hi):
+        raise StoreError(f"prevalence {text!r}: need 0 < MIN <= MAX < 1, e.g. 0.001:0.01")
+    return lo, hi
