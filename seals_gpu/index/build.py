@@ -251,6 +251,33 @@ class LocalIndex:
             shards.append(sh)
         return cls(path, m, shards)
 
+    @classmethod
+    def in_memory(cls, store: Store) -> LocalIndex:
+        """An exact (flat) single-shard index over ``store`` built in memory: the default for runs without
+        ``--index``. Costs n·d·4 bytes."""
+        ids = store.read_ids()
+        check_unique_ids(ids, where=f"store {store.path}")
+        order = np.argsort(ids, kind="stable")
+        vectors = np.empty((ids.size, store.dim), dtype=np.float32)
+        inv = np.empty_like(order)
+        inv[order] = np.arange(order.size)
+        pos = 0
+        for b in store.iter_batches():
+            vectors[inv[pos : pos + b.ids.size]] = b.embeddings
+            pos += b.ids.size
+        sorted_ids = ids[order]
+        shard = IndexShard(sorted_ids, vectors, kind="flat")
+        manifest = {
+            "format": FORMAT,
+            "kind": "flat",
+            "dim": store.dim,
+            "ntotal": int(ids.size),
+            "store": {"path": str(store.path.resolve()), "fingerprint": store.fingerprint, "rows": int(ids.size)},
+            "params": {},
+            "shards": [{"dir": None, "n": int(ids.size), "id_min": int(sorted_ids[0]), "id_max": int(sorted_ids[-1])}],
+        }
+        return cls(Path(f"<in-memory flat index of {store.path}>"), manifest, [shard])
+
     def check_store(self, store: Store) -> None:
         """Refuse an index built from another store (or an older version of this one)."""
         if store.fingerprint != self.store_fingerprint:

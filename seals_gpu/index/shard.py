@@ -264,7 +264,9 @@ def train_ivfpq(sample: np.ndarray, *, nlist: int, pq_m: int, seed: int = 1234) 
                           "lower --nlist or use --kind flat")
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.do_polysemous_training = False  # we re-rank exactly; polysemous codes would only slow training
     index.cp.seed = seed
     index.pq.cp.seed = seed
+    index.pq.cp.max_points_per_centroid = 64  # 16k points per sub-quantizer: as good, several times faster
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index

@@ -1,0 +1,166 @@
+"""Where the vectors live: search, gather and scoring pushed to the data.
+
+The driver talks to a backend through this small interface, so one process (:class:`LocalBackend`) and a
+Ray cluster (``seals_gpu.distributed.RayBackend``) look the same to it:
+
+- ``search(xq, k, exclude_ids) -> (D, I)``      kNN with global ids
+- ``vectors(ids) -> float32 (n, d)``            exact vectors (labeled sets, small batches only)
+- ``score_pool(ids, offsets, model, kind, ref, beta, b) -> TopB``   SEALS: score each unit's candidates
+- ``score_all(exclude, model, kind, ref, beta, b) -> TopB``         All: stream every candidate id
+- ``sum_vectors(ids) -> float64 (d,)`` and ``candidate_sum() -> (float64 (d,), count)``
+- ``logits(ids, model) -> float32 (n, U)``      model outputs for the test split
+
+Only ids, scores and small weight matrices cross this interface; vectors stay in the backend except
+for labeled sets and test rows, which the driver needs to fit and evaluate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .device import DeviceChoice
+from .index.build import LocalIndex
+from .pool import isin_sorted
+from .scoring import TopB, merge_topb, score_all, score_select
+
+
+def sub_csr(ids: np.ndarray, offsets: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep ``ids[mask]`` in every segment; return ``(ids, offsets)`` of the same number of segments."""
+    c = np.zeros(mask.size + 1, dtype=np.int64)
+    np.cumsum(mask, out=c[1:])
+    return ids[mask], c[offsets]
+
+
+class LocalBackend:
+    """All shards of a :class:`LocalIndex` in this process, with their vectors resident on ``device``.
+
+    ``candidates``: sorted ids that may be labeled (the train split); everything else (the test split) is
+    never scored or added to a pool.
+    """
+
+    def __init__(
+        self,
+        index: LocalIndex,
+        device: DeviceChoice,
+        *,
+        excluded: np.ndarray | None = None,
+        block_rows: int = 131_072,
+        scoring_backend: str = "auto",
+    ):
+        self.index = index
+        self.device = device
+        self.excluded = np.sort(np.asarray(excluded if excluded is not None else [], dtype=np.int64))
+        self.block_rows = block_rows
+        self.scoring_backend = scoring_backend
+        self._emb: list[torch.Tensor | None] = [None] * len(index.shards)
+        self._cand_sum: tuple[np.ndarray, int] | None = None
+        self.dim = index.dim
+
+    # ------------------------------------------------------------------ plumbing
+    def _shard_emb(self, s: int) -> torch.Tensor:
+        if self._emb[s] is None:
+            v = np.ascontiguousarray(self.index.shards[s].vectors, dtype=np.float32)
+            if isinstance(v, np.memmap) or not v.flags.writeable:
+                v = np.array(v)
+            self._emb[s] = torch.from_numpy(v).to(self.device.torch_device)
+        return self._emb[s]  # type: ignore[return-value]
+
+    def search(self, xq: np.ndarray, k: int, exclude_ids: np.ndarray | None = None):
+        return self.index.search(xq, k, exclude_ids=exclude_ids)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        return self.index.vectors(ids)
+
+    def sum_vectors(self, ids: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.dim, dtype=np.float64)
+        ids = np.asarray(ids, dtype=np.int64)
+        for s in range(0, ids.size, 65_536):
+            out += self.vectors(ids[s : s + 65_536]).astype(np.float64).sum(axis=0)
+        return out
+
+    def candidate_sum(self) -> tuple[np.ndarray, int]:
+        """Sum and count of the vectors of every candidate id (the whole train split), computed once."""
+        if self._cand_sum is None:
+            total = np.zeros(self.dim, dtype=np.float64)
+            count = 0
+            for ids, x in self._candidate_blocks_np():
+                total += x.astype(np.float64).sum(axis=0)
+                count += ids.size
+            self._cand_sum = (total, count)
+        return self._cand_sum
+
+    def n_candidates(self) -> int:
+        return self.candidate_sum()[1]
+
+    def _candidate_blocks_np(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, x in self.index.iter_vectors(self.block_rows):
+            keep = ~isin_sorted(ids, self.excluded)
+            if not keep.all():
+                ids, x = ids[keep], x[keep]
+            if ids.size:
+                yield ids, x
+
+    # ------------------------------------------------------------------ scoring
+    def score_pool(
+        self,
+        ids: np.ndarray,
+        offsets: np.ndarray,
+        W: torch.Tensor,
+        bias: torch.Tensor,
+        kind: torch.Tensor,
+        ref: torch.Tensor | None,
+        beta: float,
+        b: int,
+    ) -> TopB:
+        dev = self.device.torch_device
+        result: TopB | None = None
+        owner = self.index.shard_of(ids) if len(self.index.shards) > 1 else np.zeros(ids.size, np.int64)
+        for s in range(len(self.index.shards)):
+            m = owner == s
+            sids, soff = (ids, offsets) if m.all() else sub_csr(ids, offsets, m)
+            rows = self.index.shards[s].positions(sids)
+            part = score_select(
+                self._shard_emb(s),
+                torch.from_numpy(rows).to(dev),
+                torch.from_numpy(sids).to(dev),
+                torch.from_numpy(soff).to(dev),
+                W,
+                bias,
+                kind,
+                ref,
+                beta,
+                b,
+                backend=self.scoring_backend,
+            )
+            result = part if result is None else merge_topb(result, part, b)
+        assert result is not None
+        return result
+
+    def score_all(
+        self,
+        exclude: list[np.ndarray],
+        W: torch.Tensor,
+        bias: torch.Tensor,
+        kind: torch.Tensor,
+        ref: torch.Tensor | None,
+        beta: float,
+        b: int,
+    ) -> TopB:
+        dev = self.device.torch_device
+
+        def blocks():
+            for ids, x in self._candidate_blocks_np():
+                yield torch.from_numpy(ids).to(dev), torch.from_numpy(x).to(dev)
+
+        return score_all(blocks(), W, bias, kind, ref, beta, b, exclude=exclude, device=dev)
+
+    def logits(self, ids: np.ndarray, W: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
+        """``X[ids] @ W.T + bias`` as float32 (n, U), in blocks."""
+        out = np.empty((np.asarray(ids).size, W.shape[0]), dtype=np.float32)
+        for s in range(0, out.shape[0], 65_536):
+            x = torch.from_numpy(self.vectors(ids[s : s + 65_536])).to(W.device, W.dtype)
+            out[s : s + x.shape[0]] = (x @ W.T + bias).float().cpu().numpy()
+        return out

@@ -1,0 +1,297 @@
+"""The ``seals-gpu`` command line. Every user error prints one line and exits with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .errors import SealsError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with the fix: see --help) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="seals-gpu",
+        description="SEALS at scale: active learning and search for rare concepts over embedding stores. "
+        "Build a store, index it, run SEALS and the All baseline for many concepts, report.",
+    )
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    # ---------------------------------------------------------------- store
+    ps = sub.add_parser("store", help="make and inspect embedding stores (Parquet folders)")
+    ss = ps.add_subparsers(dest="store_cmd", required=True, parser_class=_Parser, metavar="STORE_COMMAND")
+    sy = ss.add_parser("synth", help="a clustered synthetic store with planted rare concepts")
+    sy.add_argument("out", type=Path, help="folder to create")
+    sy.add_argument("--n", type=_positive_int, default=100_000, help="rows (default 100000)")
+    sy.add_argument("--dim", type=_positive_int, default=128, help="embedding dimension (default 128)")
+    sy.add_argument("--concepts", type=_nonneg_int, default=50, help="planted concepts (default 50)")
+    sy.add_argument("--prevalence", default="0.001:0.01", help="MIN:MAX fraction per concept (default 0.001:0.01)")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    wn = ss.add_parser("wordnet", help="the WordNet-nouns store embedded with all-MiniLM-L6-v2")
+    wn.add_argument("out", type=Path, help="folder to create")
+    wn.add_argument("--data-noun", type=Path, default=None,
+                    help="WordNet data.noun (default /usr/share/wordnet/data.noun from Debian's wordnet-base)")
+    wn.add_argument("--from-parquet", type=Path, default=None,
+                    help="import an already-embedded wordnet_noun_minilm.parquet (with its "
+                    "wordnet_noun_concepts.parquet beside it) instead of embedding")
+    wn.add_argument("--limit", type=_positive_int, default=None, help="only the first N synsets (for a try)")
+    wn.add_argument("--batch-size", type=_positive_int, default=256)
+    wn.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    si = ss.add_parser("info", help="rows, dimension, splits, concept counts, prevalence histogram")
+    si.add_argument("store", type=Path)
+    si.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sv = ss.add_parser("validate", help="full scan: NaN/inf, zero vectors, duplicate ids, schema")
+    sv.add_argument("store", type=Path)
+
+    # ---------------------------------------------------------------- index
+    pi = sub.add_parser("index", help="build and inspect nearest-neighbour indexes")
+    isub = pi.add_subparsers(dest="index_cmd", required=True, parser_class=_Parser, metavar="INDEX_COMMAND")
+    ib = isub.add_parser("build", help="build an index folder from a store")
+    ib.add_argument("store", type=Path)
+    ib.add_argument("out", type=Path)
+    ib.add_argument("--kind", choices=["auto", "flat", "ivfpq"], default="auto",
+                    help="auto: flat (exact) up to 1M rows, IVF-PQ with exact re-rank above")
+    ib.add_argument("--nlist", type=_positive_int, default=None, help="IVF lists (default ~4*sqrt(n))")
+    ib.add_argument("--pq-m", type=_positive_int, default=None, help="PQ sub-quantizers (must divide dim)")
+    ib.add_argument("--nprobe", type=_positive_int, default=None, help="lists probed per query")
+    ib.add_argument("--rerank", type=_positive_int, default=None,
+                    help="IVF-PQ fetches RERANK*k candidates and re-ranks them exactly (default 4)")
+    ib.add_argument("--shards", type=_positive_int, default=1, help="number of shards (default 1)")
+    ib.add_argument("--ray", action="store_true", help="fill shards in parallel Ray tasks")
+    ib.add_argument("--ray-address", default=None, help="join this Ray cluster (else RAY_ADDRESS or local)")
+    ib.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    ii = isub.add_parser("info", help="kind, size, parameters, store fingerprint")
+    ii.add_argument("index", type=Path)
+    ig = isub.add_parser("graph", help="precompute every item's K nearest neighbours (resumable)")
+    ig.add_argument("index", type=Path)
+    ig.add_argument("--k", type=_positive_int, default=100)
+    ig.add_argument("--out", type=Path, default=None, help="default: INDEX/graph-kK")
+    ig.add_argument("--part-rows", type=_positive_int, default=65_536, help="rows per resumable part")
+    ig.add_argument("--ray", action="store_true", help="spread the parts over the Ray shard actors")
+    ig.add_argument("--ray-address", default=None)
+
+    # ---------------------------------------------------------------- run / report / demo
+    pr = sub.add_parser("run", help="run SEALS and/or the All baseline for many concepts at once")
+    _add_run_args(pr)
+    rp = sub.add_parser("report", help="paper-style table and Figure-1-style plots of a run")
+    rp.add_argument("run_dir", type=Path)
+    rp.add_argument("--no-plots", action="store_true")
+    dm = sub.add_parser("demo", help="end to end on WordNet (cached or built) or a synthetic store")
+    dm.add_argument("--out", type=Path, default=Path("demo_out"))
+    dm.add_argument("--synthetic", action="store_true", help="skip WordNet, use a synthetic store")
+    dm.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return p
+
+
+def _add_run_args(pr: argparse.ArgumentParser) -> None:
+    pr.add_argument("store", type=Path)
+    pr.add_argument("--out", type=Path, required=True, help="RUN_DIR for config, metrics, selections")
+    pr.add_argument("--index", type=Path, default=None,
+                    help="an index built from STORE (default: exact flat search built in memory)")
+    pr.add_argument("--graph", type=Path, default=None, help="a kNN graph from `index graph`: pools grow by lookup")
+    g = pr.add_mutually_exclusive_group(required=True)
+    g.add_argument("--concepts", default=None, help="comma-separated concept ids or names")
+    g.add_argument("--concepts-sample", type=_positive_int, default=None,
+                   help="sample N concepts with prevalence in --prevalence")
+    pr.add_argument("--prevalence", default="0.001:0.01", help="MIN:MAX for --concepts-sample")
+    pr.add_argument("--strategies", default="maxent,mlp,id,random")
+    pr.add_argument("--modes", default="seals,all")
+    pr.add_argument("--k", type=int, default=100, help="neighbours per labeled example")
+    pr.add_argument("--batch", type=int, default=100, help="labels per round (b)")
+    pr.add_argument("--budget", type=int, default=2000, help="total labels, seed set included (T)")
+    pr.add_argument("--seed-positives", type=int, default=5)
+    pr.add_argument("--seed-negatives", type=int, default=95)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--C", dest="C", type=float, default=1.0, help="inverse L2 strength of the logistic model")
+    pr.add_argument("--beta", type=float, default=1.0, help="information-density exponent")
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
+    pr.add_argument("--ray-address", default=None, help="join this Ray cluster (with a sharded --index)")
+    pr.add_argument("--ray", action="store_true", help="serve --index from Ray shard actors")
+    pr.add_argument("--full-supervision", action="store_true",
+                    help="also record each concept's AP with every training label (reference line)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"seals-gpu {__version__}"
+
+
+# -------------------------------------------------------------------- commands
+def _cmd_store(a: argparse.Namespace) -> int:
+    from .store import Store, prevalence_range
+
+    if a.store_cmd == "synth":
+        from .synth import make_synthetic_store
+
+        store = make_synthetic_store(
+            a.out, n=a.n, dim=a.dim, concepts=a.concepts, prevalence=prevalence_range(a.prevalence),
+            seed=a.seed, overwrite=a.force, progress=True,
+        )
+        print(f"wrote {store.num_rows} rows x {store.dim} dims, {a.concepts} concepts to {a.out}")
+        return 0
+    if a.store_cmd == "wordnet":
+        from . import wordnet
+
+        if a.from_parquet is not None:
+            concepts = a.from_parquet.parent / "wordnet_noun_concepts.parquet"
+            store = wordnet.import_reference_parquet(a.from_parquet, concepts, a.out, overwrite=a.force)
+        else:
+            store = wordnet.build_wordnet_store(
+                a.out, data_noun=a.data_noun, batch_size=a.batch_size, progress=True, overwrite=a.force,
+                limit=a.limit,
+            )
+        print(f"wrote {store.num_rows} WordNet noun synsets x {store.dim} dims to {a.out}")
+        return 0
+    if a.store_cmd == "info":
+        info = Store(a.store).info()
+        if a.json:
+            info = dict(info)
+            info["counts"] = {str(k): v for k, v in info["counts"].items()}
+            print(json.dumps(info, indent=2, default=str))
+        else:
+            print(format_store_info(info, Store(a.store).concept_names()))
+        return 0
+    if a.store_cmd == "validate":
+        s = Store(a.store)
+        s.validate()
+        print(f"{a.store}: ok ({s.num_rows} rows x {s.dim}, {len(s.files)} file(s), ids unique, all finite)")
+        return 0
+    raise AssertionError(a.store_cmd)
+
+
+def format_store_info(info: dict[str, Any], names: dict[Any, str] | None = None) -> str:
+    names = names or {}
+    sp = info["split"]
+    lines = [
+        f"store        {info['path']}",
+        f"rows         {info['rows']:,}  ({info['files']} file(s))",
+        f"dimension    {info['dim']}",
+        f"fingerprint  {info['fingerprint']}",
+        f"split        train {sp['train']:,} / test {sp['test']:,}  (from {sp['source']})",
+        f"concepts     {info['concepts']:,}  (labels: {info['label_kind'] or 'none'})",
+    ]
+    if info["concepts"]:
+        lines.append("prevalence histogram:")
+        for h in info["prevalence_histogram"]:
+            if h["concepts"]:
+                lines.append(f"  {h['min'] * 100:>7.3f}% - {h['max'] * 100:<7.3f}%  {h['concepts']:>7,}")
+        lines.append("largest concepts:")
+        for c, n in info["top_concepts"]:
+            nm = f" ({names[c]})" if c in names else ""
+            lines.append(f"  {c}{nm}: {n:,} ({n / info['rows']:.3%})")
+    return "\n".join(lines)
+
+
+def _cmd_index(a: argparse.Namespace) -> int:
+    from .index import IndexSpec, build_index, open_index
+
+    if a.index_cmd == "build":
+        spec = IndexSpec(kind=a.kind, nlist=a.nlist, pq_m=a.pq_m, nprobe=a.nprobe, rerank=a.rerank, shards=a.shards)
+        fill = None
+        if a.ray:
+            from .distributed import ray_fill, ray_session
+
+            with ray_session(a.ray_address):
+                idx = build_index(a.store, a.out, spec, progress=True, overwrite=a.force, fill=ray_fill)
+        else:
+            idx = build_index(a.store, a.out, spec, progress=True, overwrite=a.force, fill=fill)
+        d = idx.describe()
+        print(f"built {d['kind']} index over {d['ntotal']:,} x {d['dim']} in {d['shards']} shard(s) at {a.out}"
+              + (f"; params {d['params']}" if d["params"] else ""))
+        return 0
+    if a.index_cmd == "info":
+        print(json.dumps(open_index(a.index).describe(), indent=2))
+        return 0
+    if a.index_cmd == "graph":
+        from .graph import build_graph
+
+        out = build_graph(a.index, k=a.k, out=a.out, part_rows=a.part_rows, use_ray=a.ray,
+                          ray_address=a.ray_address, progress=True)
+        print(f"kNN graph (k={a.k}) written to {out}")
+        return 0
+    raise AssertionError(a.index_cmd)
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from .driver import run_from_args
+
+    run_from_args(a)
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from .report import report
+
+    text, files = report(a.run_dir, plots=not a.no_plots)
+    print(text)
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(a.out, synthetic=a.synthetic, device=a.device)
+    return 0
+
+
+COMMANDS = {"store": _cmd_store, "index": _cmd_index, "run": _cmd_run, "report": _cmd_report, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except SealsError as e:
+        print(f"seals-gpu: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("seals-gpu: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

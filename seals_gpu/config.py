@@ -1,0 +1,114 @@
+"""Run configuration: a frozen, JSON-serialisable dataclass, validated once at the boundary."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+VALID_STRATEGIES = ("maxent", "mlp", "id", "id-knn", "id-pairwise", "random")
+VALID_MODES = ("seals", "all")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's selections (and so must match on ``--resume``).
+
+    Paper defaults (Coleman et al.): seed set of 5 positives + 95 negatives, b=100, T=2,000, k=100.
+    """
+
+    store: str
+    store_fingerprint: str
+    concepts: tuple[Any, ...]
+    strategies: tuple[str, ...] = ("maxent", "mlp", "id", "random")
+    modes: tuple[str, ...] = ("seals", "all")
+    k: int = 100
+    batch: int = 100
+    budget: int = 2000
+    seed_positives: int = 5
+    seed_negatives: int = 95
+    seed: int = 0
+    C: float = 1.0
+    beta: float = 1.0
+    index: str | None = None
+    graph: str | None = None
+    full_supervision: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "concepts", tuple(self.concepts))
+        object.__setattr__(self, "strategies", tuple(self.strategies))
+        object.__setattr__(self, "modes", tuple(self.modes))
+        self.validate()
+
+    def validate(self) -> None:
+        if not self.concepts:
+            raise ConfigError("no concepts to run; pass --concepts A,B or --concepts-sample N")
+        for s in self.strategies:
+            if s not in VALID_STRATEGIES:
+                raise ConfigError(f"unknown strategy {s!r}; choose from {', '.join(VALID_STRATEGIES)}")
+        if not self.strategies:
+            raise ConfigError(f"no strategies; choose from {', '.join(VALID_STRATEGIES)}")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"strategies {list(self.strategies)} list one twice; list each once")
+        for m in self.modes:
+            if m not in VALID_MODES:
+                raise ConfigError(f"unknown mode {m!r}; choose from {', '.join(VALID_MODES)}")
+        if not self.modes or len(set(self.modes)) != len(self.modes):
+            raise ConfigError(f"modes {list(self.modes)}: give seals, all or both, each once")
+        if self.k < 1:
+            raise ConfigError(f"--k {self.k}: the number of neighbours must be at least 1")
+        if self.batch < 1:
+            raise ConfigError(f"--batch {self.batch}: at least one label per round")
+        if self.seed_positives < 1:
+            raise ConfigError(f"--seed-positives {self.seed_positives}: the seed set needs at least one positive")
+        if self.seed_negatives < 0:
+            raise ConfigError(f"--seed-negatives {self.seed_negatives} must be 0 or more")
+        if self.budget < self.seed_size:
+            raise ConfigError(
+                f"--budget {self.budget} is below the seed set's {self.seed_size} labels "
+                f"({self.seed_positives} positives + {self.seed_negatives} negatives); raise --budget"
+            )
+        if not (self.C > 0):
+            raise ConfigError(f"--C {self.C} must be positive")
+        if not (self.beta >= 0):
+            raise ConfigError(f"--beta {self.beta} must be 0 or more")
+
+    @property
+    def seed_size(self) -> int:
+        return self.seed_positives + self.seed_negatives
+
+    @property
+    def n_rounds(self) -> int:
+        """Selection rounds after the seed round (round 0)."""
+        return -(-(self.budget - self.seed_size) // self.batch)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["concepts"] = list(self.concepts)
+        d["strategies"] = list(self.strategies)
+        d["modes"] = list(self.modes)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"config has unknown keys {sorted(unknown)}; was it written by another version?")
+        return cls(**d)
+
+    def same_selections_as(self, other: RunConfig) -> list[str]:
+        """Names of fields that differ (``extra`` aside: it holds non-binding notes such as the device)."""
+        a, b = self.to_json(), other.to_json()
+        return [k for k in a if k != "extra" and json.dumps(a[k]) != json.dumps(b[k])]
+
+
+def parse_list(text: str, *, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"--{what} is empty; give a comma-separated list")
+    return items

@@ -1,0 +1,46 @@
+"""Shared fixtures: seeded clustered embeddings with planted rare concepts, a small store, GPU skip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seals_gpu.store import write_store
+
+
+def clustered(n: int, d: int, *, n_concepts: int = 3, seed: int = 0, id_offset: int = 10_000):
+    """Clustered unit vectors with planted concepts: each concept is one tight-ish cluster plus a few members
+    spread elsewhere (so a linear model is good, not perfect). Ids are a shuffled, offset range so positions
+    and ids never coincide."""
+    rng = np.random.default_rng(seed)
+    n_centres = max(8, n // 200)
+    centres = rng.normal(size=(n_centres, d))
+    assign = rng.integers(0, n_centres, size=n)
+    x = centres[assign] + 0.9 * rng.normal(size=(n, d))
+    labels: list[list[int]] = [[] for _ in range(n)]
+    for c in range(n_concepts):
+        size = min(n, max(20, int(n * 0.01 * (c + 1))))
+        members = rng.choice(n, size=size, replace=False)
+        anchor = rng.normal(size=d) * 1.5
+        core = members[: int(size * 0.85)]
+        x[core] = anchor + 0.9 * rng.normal(size=(core.size, d))
+        for m in members:
+            labels[m].append(c)
+    ids = (rng.permutation(n) * 7 + id_offset).astype(np.int64)
+    return ids, x.astype(np.float32), labels
+
+
+@pytest.fixture
+def small_store(tmp_path):
+    ids, x, labels = clustered(3000, 16, seed=1)
+    return write_store(tmp_path / "store", ids, x, labels=labels)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,151 @@
+import faiss
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seals_gpu.errors import IndexError_, StoreError
+from seals_gpu.index import IndexSpec, LocalIndex, build_index, merge_neighbors, open_index
+from seals_gpu.store import write_store
+
+from .conftest import clustered
+
+
+@pytest.fixture(scope="module")
+def store50k(tmp_path_factory):
+    ids, x, labels = clustered(50_000, 32, seed=5)
+    return write_store(tmp_path_factory.mktemp("s") / "store", ids, x, labels=labels)
+
+
+def _exact(store, xq, k, exclude=None):
+    ids = store.read_ids()
+    xb = store.take(ids)
+    D, I = faiss.knn(xq, xb, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    gid = ids[I]
+    out = []
+    for r in range(len(xq)):
+        row = [g for g in gid[r] if exclude is None or g != exclude[r]]
+        out.append(row[:k])
+    return np.array(out)
+
+
+def test_flat_matches_faiss_exact_and_excludes_self(small_store, tmp_path):
+    idx = build_index(small_store, tmp_path / "i", IndexSpec(kind="flat"))
+    ids = small_store.read_ids()[:50]
+    xq = idx.vectors(ids)
+    D, I = idx.search(xq, 10, exclude_ids=ids)
+    assert not (I == ids[:, None]).any()
+    ref = _exact(small_store, xq, 10, exclude=ids)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, ref)])
+    assert overlap > 0.99  # only exact ties may order differently
+    assert (np.diff(D, axis=1) <= 1e-7).all(), "similarities must be sorted descending"
+    np.testing.assert_allclose(D[:, 0], np.einsum("qd,qd->q", xq, idx.vectors(I[:, 0])), rtol=1e-5)
+
+
+def test_ivfpq_rerank_recall_at_100(store50k, tmp_path):
+    flat = build_index(store50k, tmp_path / "flat", IndexSpec(kind="flat"))
+    ivf = build_index(store50k, tmp_path / "ivf", IndexSpec(kind="ivfpq", nlist=256, pq_m=16, nprobe=24, rerank=4))
+    q = store50k.read_ids()[::250]
+    xq = flat.vectors(q)
+    _, I0 = flat.search(xq, 100, exclude_ids=q)
+    _, I1 = ivf.search(xq, 100, exclude_ids=q)
+    recall = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(I0, I1)])
+    assert recall >= 0.9, recall
+    # save/load gives identical results
+    again = open_index(tmp_path / "ivf")
+    D2, I2 = again.search(xq, 100, exclude_ids=q)
+    np.testing.assert_array_equal(I1, I2)
+
+
+def test_sharded_flat_equals_single(small_store, tmp_path):
+    one = build_index(small_store, tmp_path / "one", IndexSpec(kind="flat"))
+    for n in (2, 3, 4):
+        many = build_index(small_store, tmp_path / f"s{n}", IndexSpec(kind="flat", shards=n))
+        assert len(many.shards) == n
+        q = small_store.read_ids()[::37]
+        xq = one.vectors(q)
+        D0, I0 = one.search(xq, 20, exclude_ids=q)
+        D1, I1 = many.search(xq, 20, exclude_ids=q)
+        np.testing.assert_array_equal(I0, I1)
+        np.testing.assert_array_equal(D0, D1)
+        np.testing.assert_array_equal(many.vectors(q), one.vectors(q))
+
+
+def test_in_memory_equals_built(small_store, tmp_path):
+    built = build_index(small_store, tmp_path / "i", IndexSpec(kind="flat"))
+    mem = LocalIndex.in_memory(small_store)
+    q = small_store.read_ids()[:40]
+    np.testing.assert_array_equal(built.search(built.vectors(q), 15)[1], mem.search(mem.vectors(q), 15)[1])
+
+
+def test_fingerprint_mismatch_refused(small_store, tmp_path):
+    idx = build_index(small_store, tmp_path / "i", IndexSpec(kind="flat"))
+    ids, x, _ = clustered(500, 16, seed=9)
+    other = write_store(tmp_path / "other", ids, x)
+    with pytest.raises(IndexError_, match="was built from a store with fingerprint"):
+        idx.check_store(other)
+    idx.check_store(small_store)
+
+
+def test_truncated_index_file(small_store, tmp_path):
+    build_index(small_store, tmp_path / "i", IndexSpec(kind="ivfpq", nlist=16, pq_m=4, nprobe=4))
+    f = tmp_path / "i" / "shard-00000" / "index.faiss"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(IndexError_, match="corrupt or truncated"):
+        open_index(tmp_path / "i")
+
+
+def test_truncated_vectors_file(small_store, tmp_path):
+    build_index(small_store, tmp_path / "i", IndexSpec(kind="flat"))
+    f = tmp_path / "i" / "shard-00000" / "vectors.npy"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(IndexError_, match="corrupt or truncated"):
+        open_index(tmp_path / "i")
+
+
+def test_missing_manifest_and_bad_params(small_store, tmp_path):
+    with pytest.raises(IndexError_, match="does not exist"):
+        open_index(tmp_path / "nothing")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(IndexError_, match="manifest.json is missing"):
+        open_index(tmp_path / "half")
+    with pytest.raises(IndexError_, match="must divide the dimension 16"):
+        build_index(small_store, tmp_path / "x", IndexSpec(kind="ivfpq", nlist=16, pq_m=5))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(IndexError_, match="unknown"):
+        build_index(small_store, tmp_path / "y", IndexSpec(kind="hnsw"))
+
+
+def test_unknown_ids_in_vectors(small_store, tmp_path):
+    idx = build_index(small_store, tmp_path / "i", IndexSpec(kind="flat", shards=2))
+    with pytest.raises(IndexError_, match=r"ids \[3\] are not in"):
+        idx.vectors(np.array([3]))
+
+
+def test_store_error_propagates(tmp_path):
+    with pytest.raises(StoreError):
+        build_index(tmp_path / "missing", tmp_path / "i")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 4), st.integers(1, 12), st.integers(1, 10), st.integers(0, 10_000)
+)
+def test_merge_neighbors_is_global_topk_and_order_free(nshards, per, k, seed):
+    rng = np.random.default_rng(seed)
+    nq = 3
+    # distinct ids across shards; coarse sims so ties are common
+    all_ids = rng.permutation(1000)[: nshards * per].reshape(nshards, per)
+    sims = rng.integers(0, 5, size=(nshards, nq, per)).astype(np.float32) / 4
+    parts = []
+    for s in range(nshards):
+        I = np.broadcast_to(all_ids[s], (nq, per)).copy()
+        parts.append((sims[s], I))
+    D, I = merge_neighbors(parts, k)
+    D2, I2 = merge_neighbors(parts[::-1], k)
+    np.testing.assert_array_equal(I, I2)
+    for q in range(nq):
+        cand = sorted(
+            ((-sims[s, q, j], int(all_ids[s, j])) for s in range(nshards) for j in range(per)))[:k]
+        expect = [i for _, i in cand] + [-1] * (k - len(cand))
+        assert I[q].tolist() == expect
