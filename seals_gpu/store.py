@@ -456,7 +456,7 @@ class Store:
             key: Any = None
             if self.label_kind == "int":
                 try:
-                    key = int(tok)
+                    key = int(tok[1:]) if tok[:1] == "n" and tok[1:].isdigit() else int(tok)  # WordNet wnid
                 except ValueError:
                     cands = by_name.get(tok.lower(), [])
                     if len(cands) > 1:
