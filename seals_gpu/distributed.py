@@ -1,0 +1,885 @@
+"""Ray: shard actors serve the index and score where the vectors live; one run spans a cluster.
+
+One :class:`ShardActor` per index shard. The actor is a thin shell around :class:`ShardServer`, a plain class
+(testable without Ray) that loads its shard from disk (vectors memory-mapped) and answers searches, gathers
+and scoring calls. :class:`ShardedIndex` has the interface of :class:`~seals_gpu.index.build.LocalIndex`
+(fan-out + :func:`~seals_gpu.index.merge.merge_neighbors`) and :class:`RayBackend` has the interface of
+:class:`~seals_gpu.backend.LocalBackend`, so the driver cannot tell one process from a cluster.
+
+What crosses the network: query vectors for a search, ids, scores, per-unit weights and small sums. The
+pool's vectors never leave their shard in bulk; ``vectors(ids)`` is for labeled sets and test rows.
+
+Fault tolerance (:class:`FaultTolerance`, one place): Ray restarts a dead actor (``max_restarts``), whose
+``__init__`` reloads its shard from disk, and re-runs the calls that were in flight (``max_task_retries``);
+on top of that the driver retries a call that met a dead or restarting actor a few times with exponential
+backoff, and re-creates an actor that Ray gave up on. Every actor method is a read, so retries are safe.
+
+On a real cluster the index folder must be on a filesystem every node sees (NFS, Lustre, a FUSE-mounted
+bucket), at the same path, and ``seals_gpu`` must be importable on every node (same environment, or a
+Ray ``runtime_env``).
+
+Example:
+    >>> with ray_session(None):                                             # doctest: +SKIP
+    ...     backend = RayBackend("idx", excluded=test_ids, device=resolve_device("cpu"))
+    ...     D, I = backend.search(backend.vectors(ids), 100, exclude_ids=ids)
+    ...     backend.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backend import LocalBackend, sub_csr
+from .device import DeviceChoice, resolve_device
+from .errors import ConfigError, IndexError_
+from .index.build import FORMAT, LocalIndex, fill_shard, read_manifest
+from .index.merge import merge_neighbors
+from .index.shard import IndexShard, SearchParams
+from .pool import isin_sorted
+from .scoring import TopB, merge_topb
+
+__all__ = [
+    "DEFAULT_FAULT_TOLERANCE",
+    "FaultTolerance",
+    "RayBackend",
+    "ShardActor",
+    "ShardServer",
+    "ShardedIndex",
+    "ray_fill",
+    "ray_session",
+]
+
+_SUM_CHUNK = 65_536  # LocalBackend.sum_vectors' chunk: the same order of float64 additions per chunk
+
+
+# ---------------------------------------------------------------------------------------------- Ray plumbing
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "Ray is not installed, but --ray / --ray-address / RAY_ADDRESS asks for it; "
+            "install it with `pip install 'seals_gpu[dist]'`"
+        ) from None
+    return ray
+
+
+def _retryable_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean 'the actor died or is restarting', not 'the call is wrong'."""
+    import ray.exceptions as rex
+
+    names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "ObjectLostError")
+    return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+
+
+@dataclass(frozen=True)
+class FaultTolerance:
+    """How shard actors survive failures; the defaults live here and nowhere else.
+
+    Attributes:
+        max_restarts: Ray restarts a dead actor this many times (-1: without limit); a restarted actor
+            reloads its shard from disk in ``__init__``.
+        max_task_retries: calls in flight when an actor died are re-run on the restarted actor this many
+            times (bounded, so a call that itself kills the actor cannot loop forever).
+        call_retries: the driver resubmits a call that still met a dead or restarting actor this many times.
+        backoff_s: first wait before a driver-side retry; doubled each time.
+        ready_timeout_s: how long to wait for actors to load their shards (and for a ping after a failure).
+    """
+
+    max_restarts: int = -1
+    max_task_retries: int = 3
+    call_retries: int = 4
+    backoff_s: float = 0.5
+    ready_timeout_s: float = 600.0
+
+    def actor_options(self) -> dict[str, Any]:
+        return {"max_restarts": self.max_restarts, "max_task_retries": self.max_task_retries}
+
+
+DEFAULT_FAULT_TOLERANCE = FaultTolerance()
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[Any]:
+    """Make sure Ray is initialised for the block; yields the ``ray`` module.
+
+    - Ray already initialised (a test fixture, a notebook): reuse it, leave it running.
+    - ``address`` given, or the ``RAY_ADDRESS`` environment variable set: connect to that cluster; at the
+      end this driver disconnects, the cluster keeps running.
+    - neither: start a local Ray on this machine (``num_cpus`` default ``os.cpu_count()``, no dashboard,
+      worker logs not forwarded) and shut it down at the end.
+
+    Raises:
+        ConfigError: Ray is not installed (names ``pip install 'seals_gpu[dist]'``), or the cluster at
+            ``address`` cannot be reached.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                include_dashboard=False,
+                **quiet,
+            )
+    except ConnectionError as e:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address!r} ({e}); check the address (`ray status` on the "
+            "head node) or drop --ray-address / RAY_ADDRESS to run locally"
+        ) from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------- ray_fill
+def _fill_task(shard_dir: str, kind: str, trained_path: str | None) -> int:
+    fill_shard(shard_dir, kind, trained_path)
+    return int(np.load(Path(shard_dir) / "ids.npy", mmap_mode="r").shape[0])
+
+
+def ray_fill(
+    shard_dirs: Sequence[str | os.PathLike[str]],
+    params: dict[str, Any],
+    trained_path: str | os.PathLike[str] | None,
+    *,
+    progress: bool = False,
+) -> None:
+    """Fill every shard's FAISS index in parallel Ray tasks (the ``fill=`` hook of ``build_index``).
+
+    ``build_index`` first streams the store into each shard's memory-mapped ``ids.npy`` / ``vectors.npy``
+    and trains the shared quantizer; each task then runs :func:`~seals_gpu.index.build.fill_shard`, a pure
+    function of those files. On a real cluster the index's output folder (and the temporary folder beside
+    it) must therefore be on a filesystem every node sees at the same path.
+
+    Args:
+        shard_dirs: the shard folders.
+        params: the resolved build parameters (``params["kind"]``).
+        trained_path: the trained empty IndexIVFPQ (ivfpq only).
+        progress: show a bar of rows added.
+    """
+    if params.get("kind") != "ivfpq":
+        return
+    ray = _import_ray()
+    if not ray.is_initialized():
+        raise ConfigError("ray_fill needs a Ray session; wrap the build in `with ray_session(address):`")
+    task = ray.remote(max_retries=2)(_fill_task)
+    pending = [task.remote(str(Path(sd).resolve()), params["kind"], str(trained_path)) for sd in shard_dirs]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pending), desc="filling shards (ray)", unit="shard", leave=False)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)  # raises the task's own error (e.g. IndexError_) if it failed
+            if bar is not None:
+                bar.update(len(done))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# ------------------------------------------------------------------------------------------- ShardServer
+def _as_params(params: SearchParams | dict[str, Any] | None) -> SearchParams:
+    if params is None or isinstance(params, SearchParams):
+        return params or SearchParams()
+    return SearchParams(nprobe=int(params.get("nprobe", 32)), rerank=int(params.get("rerank", 4)))
+
+
+def _topb_numpy(top: TopB) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return top.numpy()
+
+
+def _topb_from_numpy(parts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> TopB:
+    ids, scores, counts = parts
+    return TopB(
+        torch.from_numpy(np.array(ids)),
+        torch.from_numpy(np.array(scores)),
+        torch.from_numpy(np.array(counts)),
+    )
+
+
+def _units(W: Any, bias: Any, kind: Any, ref: Any) -> tuple[torch.Tensor, ...]:
+    t = [None if a is None else torch.as_tensor(a) for a in (W, bias, kind, ref)]
+    return tuple(t)  # type: ignore[return-value]
+
+
+class ShardServer:
+    """Everything one shard actor does, as a plain class: load a shard, search it, score its candidates.
+
+    Args:
+        shard_dir: the shard folder (``ids.npy``, ``vectors.npy``, ``index.faiss`` for ivfpq).
+        kind: ``"flat"`` or ``"ivfpq"`` (the index manifest's kind).
+        params: query-time knobs (nprobe, rerank), as :class:`SearchParams` or a dict.
+        excluded: sorted ids never scored (the test split); only those this shard owns are kept.
+        device_name: where scoring runs (``"cpu"``, ``"cuda"``, ``"auto"``).
+        block_rows: rows per block when streaming the shard (All-mode scoring, candidate sums).
+        threads: CPU threads for FAISS and torch in this process (None: leave as is).
+        scoring_backend: ``score_select``'s backend (``"auto"``, ``"torch"``, ``"cuda"``).
+
+    Example:
+        >>> srv = ShardServer("idx/shard-00000", "flat", None, test_ids, "cpu")   # doctest: +SKIP
+        >>> D, I = srv.search(xq, 10, None)                                     # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        shard_dir: str | os.PathLike[str],
+        kind: str,
+        params: SearchParams | dict[str, Any] | None,
+        excluded: np.ndarray | None,
+        device_name: str = "cpu",
+        *,
+        block_rows: int = 131_072,
+        threads: int | None = None,
+        scoring_backend: str = "auto",
+    ):
+        if threads is not None:
+            import faiss
+
+            faiss.omp_set_num_threads(int(threads))
+            torch.set_num_threads(int(threads))
+        self.shard_dir = Path(shard_dir)
+        self.shard = IndexShard.load(self.shard_dir, kind=kind, params=_as_params(params), mmap=True)
+        ids = self.shard.ids
+        excl = np.sort(np.asarray(excluded if excluded is not None else [], dtype=np.int64))
+        self.excluded = excl[self.shard.contains(excl)] if excl.size else excl
+        self.block_rows = int(block_rows)
+        self.device = resolve_device(device_name)
+        manifest = {
+            "format": FORMAT,
+            "kind": kind,
+            "dim": self.shard.dim,
+            "ntotal": self.shard.ntotal,
+            "store": {"path": None, "fingerprint": None, "rows": self.shard.ntotal},
+            "params": {},
+            "shards": [
+                {
+                    "dir": self.shard_dir.name,
+                    "n": self.shard.ntotal,
+                    "id_min": int(ids[0]) if ids.size else 0,
+                    "id_max": int(ids[-1]) if ids.size else -1,
+                }
+            ],
+        }
+        self.index = LocalIndex(self.shard_dir, manifest, [self.shard])
+        self.backend = LocalBackend(
+            self.index,
+            self.device,
+            excluded=self.excluded,
+            block_rows=self.block_rows,
+            scoring_backend=scoring_backend,
+        )
+
+    # ------------------------------------------------------------------ description
+    def ready(self) -> dict[str, Any]:
+        """Loaded: ``{n, dim, id_min, id_max, pid, device}``."""
+        ids = self.shard.ids
+        return {
+            "n": self.shard.ntotal,
+            "dim": self.shard.dim,
+            "id_min": int(ids[0]) if ids.size else None,
+            "id_max": int(ids[-1]) if ids.size else None,
+            "pid": os.getpid(),
+            "device": str(self.device.torch_device),
+        }
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    # ------------------------------------------------------------------ index
+    def search(
+        self, xq: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """This shard's top-``k`` of each query (see :meth:`IndexShard.search`)."""
+        return self.shard.search(xq, k, exclude_ids=exclude_ids)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Exact float32 vectors of ``ids`` (all owned by this shard)."""
+        return self.shard.vectors_of(ids)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` this shard owns (bool)."""
+        return self.shard.contains(ids)
+
+    owns = contains
+
+    def ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The sorted ids of rows ``[start, stop)`` of this shard."""
+        return np.asarray(self.shard.ids[start:stop], dtype=np.int64)
+
+    def block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``[start, stop)``: ``(ids, vectors)``. Moves vectors: small tools only."""
+        return self.ids(start, stop), np.ascontiguousarray(self.shard.vectors[start:stop], dtype=np.float32)
+
+    def graph_part(
+        self, start: int, stop: int, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``[start, stop)`` of this shard as queries for the kNN graph.
+
+        Returns:
+            ``(ids, xq, D, I)``: the rows' ids and vectors (to be searched on the other shards) and their
+            top-``k`` in this shard, each query excluding itself.
+        """
+        n = self.shard.ntotal
+        if not (0 <= start <= stop <= n):
+            raise IndexError_(f"graph part rows [{start}, {stop}) are outside this shard's {n} rows")
+        ids, xq = self.block(start, stop)
+        sims, nbrs = self.shard.search(xq, k, exclude_ids=ids)
+        return ids, xq, sims, nbrs
+
+    # ------------------------------------------------------------------ scoring
+    def _candidate_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, x in self.shard.iter_vectors(self.block_rows):
+            keep = ~isin_sorted(ids, self.excluded)
+            if not keep.all():
+                ids, x = ids[keep], x[keep]
+            if ids.size:
+                yield ids, x
+
+    def candidate_sum(self) -> tuple[np.ndarray, int]:
+        """Per-block float64 sums (n_blocks, d) of this shard's candidate vectors, and their count.
+
+        Per block, not one total, so the driver adds them in :class:`LocalBackend`'s exact order.
+        """
+        sums = []
+        count = 0
+        for ids, x in self._candidate_blocks():
+            sums.append(x.astype(np.float64).sum(axis=0))
+            count += int(ids.size)
+        out = np.stack(sums) if sums else np.zeros((0, self.shard.dim), dtype=np.float64)
+        return out, count
+
+    def sum_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """float64 (d,) sum of the vectors of ``ids`` (all owned by this shard)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros(self.shard.dim, dtype=np.float64)
+        for s in range(0, ids.size, _SUM_CHUNK):
+            out += self.shard.vectors_of(ids[s : s + _SUM_CHUNK]).astype(np.float64).sum(axis=0)
+        return out
+
+    def score_pool(
+        self,
+        ids: np.ndarray,
+        offsets: np.ndarray,
+        W: Any,
+        bias: Any,
+        kind: Any,
+        ref: Any,
+        beta: float,
+        b: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``b`` per unit of this shard's part of a CSR candidate batch; ``(ids, scores, counts)``."""
+        W, bias, kind, ref = _units(W, bias, kind, ref)
+        ids = np.asarray(ids, dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        top = self.backend.score_pool(ids, offsets, W, bias, kind, ref, beta, b)
+        return _topb_numpy(top)
+
+    def score_all(
+        self,
+        exclude: list[np.ndarray],
+        W: Any,
+        bias: Any,
+        kind: Any,
+        ref: Any,
+        beta: float,
+        b: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All mode over this shard's candidates, each unit skipping its ``exclude`` ids."""
+        W, bias, kind, ref = _units(W, bias, kind, ref)
+        top = self.backend.score_all(exclude, W, bias, kind, ref, beta, b)
+        return _topb_numpy(top)
+
+    def logits(self, ids: np.ndarray, W: Any, bias: Any) -> np.ndarray:
+        """``X[ids] @ W.T + bias`` as float32 (n, U), for ids this shard owns."""
+        W, bias, _, _ = _units(W, bias, None, None)
+        return self.backend.logits(np.asarray(ids, dtype=np.int64), W, bias)
+
+
+class ShardActor:
+    """The Ray actor: a thin shell around :class:`ShardServer`; state is built once in ``__init__``.
+
+    Made remote by :func:`_remote_actor` (Ray is an optional dependency). When Ray restarts the actor,
+    ``__init__`` runs again and reloads the shard from disk.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.server = ShardServer(*args, **kwargs)
+
+    def ready(self) -> dict[str, Any]:
+        return self.server.ready()
+
+    def pid(self) -> int:
+        return self.server.pid()
+
+    def search(self, xq, k, exclude_ids=None):
+        return self.server.search(xq, k, exclude_ids)
+
+    def vectors(self, ids):
+        return self.server.vectors(ids)
+
+    def contains(self, ids):
+        return self.server.contains(ids)
+
+    def ids(self, start=0, stop=None):
+        return self.server.ids(start, stop)
+
+    def block(self, start, stop):
+        return self.server.block(start, stop)
+
+    def graph_part(self, start, stop, k):
+        return self.server.graph_part(start, stop, k)
+
+    def candidate_sum(self):
+        return self.server.candidate_sum()
+
+    def sum_vectors(self, ids):
+        return self.server.sum_vectors(ids)
+
+    def score_pool(self, ids, offsets, W, bias, kind, ref, beta, b):
+        return self.server.score_pool(ids, offsets, W, bias, kind, ref, beta, b)
+
+    def score_all(self, exclude, W, bias, kind, ref, beta, b):
+        return self.server.score_all(exclude, W, bias, kind, ref, beta, b)
+
+    def logits(self, ids, W, bias):
+        return self.server.logits(ids, W, bias)
+
+
+_REMOTE: dict[str, Any] = {}
+
+
+def _remote_actor():
+    if "actor" not in _REMOTE:
+        _REMOTE["actor"] = _import_ray().remote(ShardActor)
+    return _REMOTE["actor"]
+
+
+# ------------------------------------------------------------------------------------------- ShardedIndex
+class ShardedIndex:
+    """An index folder served by one Ray actor per shard; the interface of :class:`LocalIndex`.
+
+    ``search`` sends every query to every shard in one call each and merges with ``merge_neighbors``;
+    ``vectors`` / ``contains`` route ids to their owner by the manifest's id ranges. Needs a Ray session
+    (:func:`ray_session`).
+
+    Args:
+        index_path: the index folder (on a filesystem every node sees).
+        params: query-time knobs; default from the manifest.
+        excluded: sorted ids never scored (the test split), for :class:`RayBackend`.
+        device: where the actors score (``"cpu"``, ``"cuda"``, ``"auto"``); cuda reserves GPUs.
+        threads_per_actor: FAISS/torch threads per actor (default: this node's cores / shards per node).
+        block_rows: rows per block when an actor streams its shard.
+        scoring_backend: ``score_select``'s backend on the actors.
+        fault: restart and retry settings.
+    """
+
+    def __init__(
+        self,
+        index_path: str | os.PathLike[str],
+        *,
+        params: SearchParams | None = None,
+        excluded: np.ndarray | None = None,
+        device: str = "cpu",
+        threads_per_actor: int | None = None,
+        block_rows: int = 131_072,
+        scoring_backend: str = "auto",
+        fault: FaultTolerance = DEFAULT_FAULT_TOLERANCE,
+    ):
+        ray = _import_ray()
+        if not ray.is_initialized():
+            raise ConfigError("ShardedIndex needs a Ray session; open one with `with ray_session(address):`")
+        self.path = Path(index_path).resolve()
+        self.manifest = read_manifest(self.path)
+        m = self.manifest
+        self.kind: str = m["kind"]
+        self.dim: int = int(m["dim"])
+        self.ntotal: int = int(m["ntotal"])
+        self.store_fingerprint: str = m["store"]["fingerprint"]
+        self.n_shards = len(m["shards"])
+        self._id_min = np.array([s["id_min"] for s in m["shards"]], dtype=np.int64)
+        self._id_max = np.array([s["id_max"] for s in m["shards"]], dtype=np.int64)
+        self._sizes = np.array([s["n"] for s in m["shards"]], dtype=np.int64)
+        p = m.get("params", {})
+        self.params = params or SearchParams(nprobe=int(p.get("nprobe", 32)), rerank=int(p.get("rerank", 4)))
+        self.fault = fault
+        excl = np.sort(np.asarray(excluded if excluded is not None else [], dtype=np.int64))
+        resources = ray.cluster_resources()
+        n_nodes = max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+        cpus_per_node = int(resources.get("CPU", os.cpu_count() or 1)) // n_nodes
+        threads = threads_per_actor or max(1, cpus_per_node // math.ceil(self.n_shards / n_nodes))
+        options: dict[str, Any] = {"scheduling_strategy": "SPREAD", **fault.actor_options()}
+        if device.startswith("cuda"):
+            gpus = float(resources.get("GPU", 0))
+            if gpus <= 0:
+                raise ConfigError(
+                    f"device {device!r} for the shard actors, but the Ray cluster has no GPUs; "
+                    "start the workers with GPUs or pass --device cpu"
+                )
+            options["num_gpus"] = min(1.0, gpus / self.n_shards)
+            device = "cuda"
+        common = {
+            "kind": self.kind,
+            "params": self.params,
+            "device_name": device,
+            "block_rows": block_rows,
+            "threads": threads,
+            "scoring_backend": scoring_backend,
+        }
+        self._make = []
+        for s in range(self.n_shards):
+            lo = np.searchsorted(excl, self._id_min[s], side="left")
+            hi = np.searchsorted(excl, self._id_max[s], side="right")
+            self._make.append(self._actor_factory(s, options, {**common, "excluded": excl[lo:hi]}))
+        self.actors = [make() for make in self._make]
+        infos = self.call(lambda: [a.ready.remote() for a in self.actors], timeout=fault.ready_timeout_s)
+        for s, info in enumerate(infos):
+            if info["n"] != int(self._sizes[s]) or info["dim"] != self.dim:
+                raise IndexError_(
+                    f"{self.path / m['shards'][s]['dir']}: holds {info['n']}x{info['dim']}, manifest says "
+                    f"{self._sizes[s]}x{self.dim}; rebuild the index"
+                )
+
+    def _actor_factory(self, s: int, options: dict[str, Any], kwargs: dict[str, Any]) -> Callable[[], Any]:
+        shard_dir = str(self.path / self.manifest["shards"][s]["dir"])
+        cls = _remote_actor()
+
+        def make() -> Any:
+            # arguments by value: Ray keeps them for restarts (an object-store ref could go out of scope)
+            return cls.options(**options).remote(shard_dir, **kwargs)
+
+        return make
+
+    # ------------------------------------------------------------------ calls with retries
+    def call(self, submit: Callable[[], list[Any]], *, timeout: float | None = None) -> list[Any]:
+        """Submit calls (``submit()`` returns object refs) and get them, resubmitting after actor failures."""
+        ray = _import_ray()
+        errors = _retryable_errors()
+        attempt = 0
+        while True:
+            try:
+                return ray.get(submit(), timeout=timeout)
+            except errors as e:
+                if attempt >= self.fault.call_retries:
+                    raise IndexError_(
+                        f"a shard actor of {self.path} kept failing after {attempt + 1} tries "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the Ray "
+                        "logs (`ray logs`), the workers' memory, and that every node sees the index folder"
+                    ) from e
+                time.sleep(self.fault.backoff_s * 2**attempt)
+                attempt += 1
+                self._revive()
+
+    def _revive(self) -> None:
+        """Re-create actors that Ray has given up on (restarting ones are left to Ray)."""
+        ray = _import_ray()
+        import ray.exceptions as rex
+
+        died = getattr(rex, "ActorDiedError", rex.RayActorError)
+        for s, a in enumerate(self.actors):
+            try:
+                ray.get(a.pid.remote(), timeout=self.fault.ready_timeout_s)
+            except died:
+                self.actors[s] = self._make[s]()
+            except Exception:  # noqa: BLE001 - still restarting or unreachable: the next try will tell
+                pass
+
+    def each(self, method: str, args_of: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
+        """Call ``method`` on the shards in ``args_of`` in parallel; results by shard."""
+        order = sorted(args_of)
+        res = self.call(lambda: [getattr(self.actors[s], method).remote(*args_of[s]) for s in order])
+        return dict(zip(order, res, strict=True))
+
+    # ------------------------------------------------------------------ LocalIndex interface
+    def shard_of(self, ids: np.ndarray) -> np.ndarray:
+        """Owner shard of each id by the manifest's id ranges (``n_shards`` for ids above every range)."""
+        return np.searchsorted(self._id_max, np.asarray(ids, dtype=np.int64), side="left")
+
+    def owners(self, ids: np.ndarray) -> np.ndarray:
+        owner = self.shard_of(ids)
+        if ids.size and owner.max() >= self.n_shards:
+            bad = ids[owner >= self.n_shards][:5].tolist()
+            raise IndexError_(f"ids {bad} are not in index {self.path}; pass ids from its store")
+        return owner
+
+    def search(
+        self, xq: np.ndarray, k: int, *, exclude_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by cosine similarity over every shard: ``(D, I)`` (nq, k), -1 padded."""
+        ray = _import_ray()
+        if k < 1:
+            raise IndexError_(f"k={k}; the number of neighbours must be at least 1")
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        xq_ref = ray.put(xq)
+        ex_ref = ray.put(None if exclude_ids is None else np.asarray(exclude_ids, dtype=np.int64))
+        parts = self.call(lambda: [a.search.remote(xq_ref, k, ex_ref) for a in self.actors])
+        return parts[0] if len(parts) == 1 else merge_neighbors(parts, k)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Exact float32 vectors of ``ids`` from their owner shards (labeled sets, test rows)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        out = np.empty((ids.size, self.dim), dtype=np.float32)
+        if not ids.size:
+            return out
+        owner = self.owners(ids)
+        masks = {int(s): owner == s for s in np.unique(owner)}
+        res = self.each("vectors", {s: (ids[m],) for s, m in masks.items()})
+        for s, m in masks.items():
+            out[m] = res[s]
+        return out
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        owner = np.minimum(self.shard_of(ids), self.n_shards - 1)
+        out = np.zeros(ids.shape, dtype=bool)
+        masks = {int(s): owner == s for s in np.unique(owner)}
+        res = self.each("contains", {s: (ids[m],) for s, m in masks.items()})
+        for s, m in masks.items():
+            out[m] = res[s]
+        return out
+
+    def all_ids(self) -> np.ndarray:
+        parts = self.call(lambda: [a.ids.remote() for a in self.actors])
+        return np.concatenate(parts)
+
+    def iter_vectors(self, block_rows: int = 262_144) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream ``(ids, vectors)`` blocks from the actors. Moves every vector: small tools only."""
+        for s in range(self.n_shards):
+            for start in range(0, int(self._sizes[s]), block_rows):
+                stop = min(int(self._sizes[s]), start + block_rows)
+                yield self.each("block", {s: (start, stop)})[s]
+
+    def check_store(self, store: Any) -> None:
+        """Refuse an index built from another store (or an older version of this one)."""
+        if store.fingerprint != self.store_fingerprint:
+            raise IndexError_(
+                f"index {self.path} was built from a store with fingerprint {self.store_fingerprint}, but "
+                f"{store.path} has {store.fingerprint}; rebuild it with `seals-gpu index build {store.path} "
+                f"{self.path} --force`"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        return {k: self.manifest[k] for k in ("kind", "dim", "ntotal", "params", "store")} | {
+            "shards": self.n_shards,
+            "actors": "ray",
+        }
+
+    def close(self) -> None:
+        """Stop the actors (for good: no restart)."""
+        ray = _import_ray()
+        for a in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(a, no_restart=True)
+        self.actors = []
+
+    def __enter__(self) -> ShardedIndex:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------- RayBackend
+def _host(t: Any) -> Any:
+    """A tensor as host numpy (exact: float32 stays float32); None passes through."""
+    if t is None:
+        return None
+    if torch.is_tensor(t):
+        return t.detach().cpu().numpy()
+    return np.asarray(t)
+
+
+class RayBackend:
+    """The driver's backend over Ray shard actors: the methods of :class:`~seals_gpu.backend.LocalBackend`.
+
+    Every call fans out to the shards that own the ids involved, in parallel, and merges: kNN results with
+    ``merge_neighbors``, top-b with ``merge_topb``. Selections equal those of a ``LocalBackend`` over the
+    same index folder (same shards, same block size).
+
+    Args:
+        index_path: the index folder (on a filesystem every node sees).
+        excluded: sorted ids never scored or pooled (the test split).
+        device: the driver's :class:`DeviceChoice`; the actors score on the same kind of device.
+        threads_per_actor, block_rows, scoring_backend, fault: see :class:`ShardedIndex`.
+    """
+
+    def __init__(
+        self,
+        index_path: str | os.PathLike[str],
+        *,
+        excluded: np.ndarray | None,
+        device: DeviceChoice,
+        threads_per_actor: int | None = None,
+        block_rows: int = 131_072,
+        scoring_backend: str = "auto",
+        fault: FaultTolerance = DEFAULT_FAULT_TOLERANCE,
+    ):
+        self.device = device
+        self.index = ShardedIndex(
+            index_path,
+            excluded=excluded,
+            device=device.kind,
+            threads_per_actor=threads_per_actor,
+            block_rows=block_rows,
+            scoring_backend=scoring_backend,
+            fault=fault,
+        )
+        self.dim = self.index.dim
+        self._cand_sum: tuple[np.ndarray, int] | None = None
+
+    @property
+    def actors(self) -> list[Any]:
+        return self.index.actors
+
+    def search(
+        self, xq: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(xq, k, exclude_ids=exclude_ids)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        return self.index.vectors(ids)
+
+    def sum_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """float64 (d,) sum of the vectors of ``ids``, summed on their shards (only d floats travel back).
+
+        Equal to ``LocalBackend.sum_vectors`` up to the order of float64 additions (~1e-16 relative).
+        """
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        out = np.zeros(self.dim, dtype=np.float64)
+        if not ids.size:
+            return out
+        owner = self.index.owners(ids)
+        parts = self.index.each("sum_vectors", {int(s): (ids[owner == s],) for s in np.unique(owner)})
+        for s in sorted(parts):
+            out += parts[s]
+        return out
+
+    def candidate_sum(self) -> tuple[np.ndarray, int]:
+        """Sum and count of every candidate's vector (the train split), computed once on the shards and
+        added here block by block in the order ``LocalBackend`` uses, so the result is bit-identical."""
+        if self._cand_sum is None:
+            parts = self.index.each("candidate_sum", {s: () for s in range(self.index.n_shards)})
+            total = np.zeros(self.dim, dtype=np.float64)
+            count = 0
+            for s in range(self.index.n_shards):
+                sums, c = parts[s]
+                for row in sums:
+                    total += row
+                count += int(c)
+            self._cand_sum = (total, count)
+        return self._cand_sum
+
+    def n_candidates(self) -> int:
+        return self.candidate_sum()[1]
+
+    def score_pool(
+        self,
+        ids: np.ndarray,
+        offsets: np.ndarray,
+        W: torch.Tensor,
+        bias: torch.Tensor,
+        kind: torch.Tensor,
+        ref: torch.Tensor | None,
+        beta: float,
+        b: int,
+    ) -> TopB:
+        """Score each unit's CSR candidates on the shards that own them; merge the per-shard top-b."""
+        ray = _import_ray()
+        ids = np.asarray(ids, dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        U = int(offsets.size - 1)
+        owner = self.index.owners(ids)
+        units = [ray.put(_host(t)) for t in (W, bias, kind, ref)]
+        args: dict[int, tuple[Any, ...]] = {}
+        for s in np.unique(owner).tolist():
+            m = owner == s
+            sids, soff = (ids, offsets) if m.all() else sub_csr(ids, offsets, m)
+            args[s] = (sids, soff)
+
+        def submit() -> list[Any]:
+            return [self.index.actors[s].score_pool.remote(*args[s], *units, beta, b) for s in sorted(args)]
+
+        result: TopB | None = None
+        for part in self.index.call(submit):
+            top = _topb_from_numpy(part)
+            result = top if result is None else merge_topb(result, top, b)
+        return result if result is not None else TopB.empty(U, int(b))
+
+    def score_all(
+        self,
+        exclude: list[np.ndarray],
+        W: torch.Tensor,
+        bias: torch.Tensor,
+        kind: torch.Tensor,
+        ref: torch.Tensor | None,
+        beta: float,
+        b: int,
+    ) -> TopB:
+        """All mode: every actor streams its own candidates; the per-shard top-b are merged here."""
+        ray = _import_ray()
+        units = [ray.put(_host(t)) for t in (W, bias, kind, ref)]
+        excl_refs = []
+        for s in range(self.index.n_shards):
+            lo, hi = self.index._id_min[s], self.index._id_max[s]
+            per = []
+            for e in exclude:
+                e = np.asarray(e, dtype=np.int64)
+                per.append(e[(e >= lo) & (e <= hi)])
+            excl_refs.append(ray.put(per))
+
+        def submit() -> list[Any]:
+            return [
+                a.score_all.remote(excl_refs[s], *units, beta, b) for s, a in enumerate(self.index.actors)
+            ]
+
+        result: TopB | None = None
+        for part in self.index.call(submit):
+            top = _topb_from_numpy(part)
+            result = top if result is None else merge_topb(result, top, b)
+        assert result is not None  # at least one shard
+        return result
+
+    def logits(self, ids: np.ndarray, W: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
+        """``X[ids] @ W.T + bias`` as float32 (n, U), computed on the shards that own the ids."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        out = np.empty((ids.size, int(W.shape[0])), dtype=np.float32)
+        if not ids.size:
+            return out
+        owner = self.index.owners(ids)
+        masks = {int(s): owner == s for s in np.unique(owner)}
+        Wh, bh = _host(W), _host(bias)
+        res = self.index.each("logits", {s: (ids[m], Wh, bh) for s, m in masks.items()})
+        for s, m in masks.items():
+            out[m] = res[s]
+        return out
+
+    def close(self) -> None:
+        """Stop the shard actors."""
+        self.index.close()
+
+    def __enter__(self) -> RayBackend:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,360 @@
+"""A precomputed kNN graph: every item's ``k`` nearest neighbours (itself excluded), built once, resumable.
+
+Layout of a graph folder (default ``INDEX/graph-k{K}``)::
+
+    graph.json            format, index path, store fingerprint, k, part_rows, the parts and which are done
+    part-00000.parquet    id int64, neighbors list<int64> (k each, -1 padded), sims list<float32> (-inf padded)
+    ...
+
+Parts follow the index's shards (rows ``[start, stop)`` of one shard each), so with Ray a part's queries start
+on the actor that owns them. Each part is written atomically; a rerun skips the parts already on disk.
+
+The graph is the index's own search, stored: row ``i`` is ``index.search(x_i, k, exclude_ids=[id_i])``, so a
+run that grows its pools from :meth:`KnnGraph.lookup` selects exactly what a run that searches the exact
+index selects (both order by similarity descending, then id ascending, with the same float64 re-scored
+similarities). For an IVF-PQ index this holds when the run's ``--k`` equals the graph's ``k`` (a smaller
+``k`` reads a prefix of a search that re-ranked more candidates).
+
+Example:
+    >>> path = build_graph("idx", k=100)                 # doctest: +SKIP
+    >>> g = KnnGraph.open(path); D, I = g.lookup(ids, 100)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import write_json, write_parquet
+from .errors import ConfigError, IndexError_
+from .index.build import LocalIndex, read_manifest
+from .index.merge import merge_neighbors
+
+__all__ = ["GRAPH_FORMAT", "KnnGraph", "build_graph"]
+
+GRAPH_FORMAT = "seals_gpu.graph/1"
+MANIFEST = "graph.json"
+_IN_FLIGHT_PER_SHARD = 2  # Ray: parts queued per actor, so every actor stays busy while the driver writes
+
+
+def _plan(sizes: list[int], part_rows: int) -> list[dict[str, int]]:
+    parts = []
+    for s, n in enumerate(sizes):
+        for start in range(0, n, part_rows):
+            parts.append({"part": len(parts), "shard": s, "start": start, "stop": min(n, start + part_rows)})
+    return parts
+
+
+def _part_file(p: dict[str, int]) -> str:
+    return f"part-{p['part']:05d}.parquet"
+
+
+def _part_done(path: Path, rows: int) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return pq.ParquetFile(path).metadata.num_rows == rows
+    except (OSError, pa.ArrowInvalid):
+        return False
+
+
+def _part_table(ids: np.ndarray, sims: np.ndarray, nbrs: np.ndarray) -> pa.Table:
+    n, k = nbrs.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    return pa.table(
+        {
+            "id": pa.array(np.asarray(ids, dtype=np.int64)),
+            "neighbors": pa.ListArray.from_arrays(offsets, pa.array(nbrs.astype(np.int64).ravel())),
+            "sims": pa.ListArray.from_arrays(offsets, pa.array(sims.astype(np.float32).ravel())),
+        }
+    )
+
+
+def _index_path(index: Any) -> Path:
+    if isinstance(index, (str, os.PathLike)):
+        return Path(index)
+    path = Path(getattr(index, "path", ""))
+    if not (path / "manifest.json").exists():
+        raise ConfigError(
+            f"build_graph needs an index folder (from `seals-gpu index build`), got {index!r}; "
+            "build one and pass its path"
+        )
+    return path
+
+
+def build_graph(
+    index: str | os.PathLike[str] | LocalIndex | Any,
+    *,
+    k: int,
+    out: str | os.PathLike[str] | None = None,
+    part_rows: int = 65_536,
+    use_ray: bool = False,
+    ray_address: str | None = None,
+    progress: bool = False,
+) -> Path:
+    """Compute every item's ``k`` nearest neighbours (itself excluded), part by part, into ``out``.
+
+    Args:
+        index: the index folder, or an opened :class:`LocalIndex` / ``ShardedIndex`` of one.
+        k: neighbours per item (>= 1).
+        out: the graph folder (default ``INDEX/graph-k{k}``).
+        part_rows: rows per part (the unit of work and of resume).
+        use_ray: spread the parts over Ray shard actors (one per index shard); a part's queries start on
+            the actor that owns them and only ids and similarities come back.
+        ray_address: the Ray cluster to join (else ``RAY_ADDRESS``, else a local Ray).
+        progress: show a progress bar.
+
+    Returns:
+        The graph folder.
+
+    Raises:
+        ConfigError: ``k`` or ``part_rows`` below 1.
+        IndexError_: ``out`` holds a graph with other settings, or the index is missing or corrupt.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"--k {k!r}: the number of neighbours must be an integer >= 1")
+    if isinstance(part_rows, bool) or not isinstance(part_rows, (int, np.integer)) or part_rows < 1:
+        raise ConfigError(f"--part-rows {part_rows!r} must be an integer >= 1")
+    k, part_rows = int(k), int(part_rows)
+    index_path = _index_path(index)
+    manifest = read_manifest(index_path)
+    out = Path(out) if out is not None else index_path / f"graph-k{k}"
+    parts = _plan([int(s["n"]) for s in manifest["shards"]], part_rows)
+    header = {
+        "format": GRAPH_FORMAT,
+        "index": str(index_path.resolve()),
+        "store_fingerprint": manifest["store"]["fingerprint"],
+        "ntotal": int(manifest["ntotal"]),
+        "k": k,
+        "part_rows": part_rows,
+        "parts": [{**p, "file": _part_file(p)} for p in parts],
+    }
+    _check_existing(out, header)
+    done = [p["part"] for p in parts if _part_done(out / _part_file(p), p["stop"] - p["start"])]
+    todo = [p for p in parts if p["part"] not in set(done)]
+    write_json(out / MANIFEST, {**header, "done": done, "complete": not todo})
+    if not todo:
+        return out
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(p["stop"] - p["start"] for p in todo), desc=f"kNN graph k={k}", unit="rows")
+
+    def finish(p: dict[str, int], ids: np.ndarray, sims: np.ndarray, nbrs: np.ndarray) -> None:
+        write_parquet(out / _part_file(p), _part_table(ids, sims, nbrs))
+        done.append(p["part"])
+        write_json(out / MANIFEST, {**header, "done": sorted(done), "complete": len(done) == len(parts)})
+        if bar is not None:
+            bar.update(p["stop"] - p["start"])
+
+    try:
+        if use_ray or _is_sharded(index):
+            _build_ray(index, index_path, todo, k, ray_address, finish)
+        else:
+            local = index if isinstance(index, LocalIndex) else LocalIndex.open(index_path)
+            _build_local(local, todo, k, finish)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def _is_sharded(index: Any) -> bool:
+    return type(index).__name__ == "ShardedIndex"
+
+
+def _check_existing(out: Path, header: dict[str, Any]) -> None:
+    mf = out / MANIFEST
+    if not mf.exists():
+        if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+            raise IndexError_(
+                f"{out} exists and is not a kNN graph folder (no {MANIFEST}); pass another --out or empty it"
+            )
+        return
+    try:
+        old = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise IndexError_(f"{mf} is not valid JSON ({e}); delete {out} and rebuild the graph") from None
+    keys = ("format", "store_fingerprint", "ntotal", "k", "part_rows", "parts")
+    diff = [key for key in keys if old.get(key) != header[key]]
+    if diff:
+        raise IndexError_(
+            f"{out} holds a kNN graph with other settings ({', '.join(diff)} differ: e.g. k={old.get('k')} vs "
+            f"{header['k']}, part_rows={old.get('part_rows')} vs {header['part_rows']}); delete it, or pass "
+            "another --out, or rerun with the original settings to resume it"
+        )
+
+
+def _build_local(index: LocalIndex, todo: list[dict[str, int]], k: int, finish) -> None:
+    for p in todo:
+        shard = index.shards[p["shard"]]
+        ids = np.asarray(shard.ids[p["start"] : p["stop"]], dtype=np.int64)
+        xq = np.ascontiguousarray(shard.vectors[p["start"] : p["stop"]], dtype=np.float32)
+        sims, nbrs = index.search(xq, k, exclude_ids=ids)
+        finish(p, ids, sims, nbrs)
+
+
+def _build_ray(index: Any, index_path: Path, todo: list[dict[str, int]], k: int, address, finish) -> None:
+    from .distributed import ShardedIndex, _retryable_errors, ray_session
+
+    with ray_session(address) as ray:
+        own = _is_sharded(index)
+        sidx: ShardedIndex = index if own else ShardedIndex(index_path)
+        try:
+            n = sidx.n_shards
+
+            def submit(p: dict[str, int]) -> list[Any]:
+                actors = sidx.actors
+                s = p["shard"]
+                ids_r, xq_r, d_r, i_r = (
+                    actors[s].graph_part.options(num_returns=4).remote(p["start"], p["stop"], k)
+                )
+                others = [actors[t].search.remote(xq_r, k, ids_r) for t in range(n) if t != s]
+                return [ids_r, d_r, i_r, *others]
+
+            def collect(p: dict[str, int], vals: list[Any]) -> None:
+                ids, d_own, i_own, *others = vals
+                sims, nbrs = (d_own, i_own) if n == 1 else merge_neighbors([(d_own, i_own), *others], k)
+                finish(p, ids, sims, nbrs)
+
+            window: collections.deque = collections.deque()
+            errors = _retryable_errors()
+            for p in todo:
+                window.append((p, submit(p)))
+                if len(window) >= _IN_FLIGHT_PER_SHARD * n:
+                    _drain_one(ray, sidx, window, submit, collect, errors)
+            while window:
+                _drain_one(ray, sidx, window, submit, collect, errors)
+        finally:
+            if not own:
+                sidx.close()
+
+
+def _drain_one(ray, sidx, window, submit, collect, errors) -> None:
+    p, refs = window.popleft()
+    try:
+        vals = ray.get(refs)
+    except errors:
+        vals = sidx.call(lambda: submit(p))  # an actor died: resubmit this part with backoff
+    collect(p, vals)
+
+
+class KnnGraph:
+    """A kNN graph in memory: sorted ids and (n, k) neighbour ids and similarities.
+
+    Use :meth:`open`; :meth:`lookup` replaces an index search for items of the store.
+    """
+
+    def __init__(
+        self, path: Path, header: dict[str, Any], ids: np.ndarray, nbrs: np.ndarray, sims: np.ndarray
+    ):
+        self.path = path
+        self.header = header
+        self.ids = ids
+        self.neighbors = nbrs
+        self.sims = sims
+        self.k: int = int(header["k"])
+        self.store_fingerprint: str = header["store_fingerprint"]
+        self.index_path: str = header["index"]
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> KnnGraph:
+        """Load a complete graph folder into memory (n·k·12 bytes).
+
+        Raises:
+            IndexError_: the folder is missing, incomplete or corrupt (the message says how to finish it).
+        """
+        path = Path(path)
+        mf = path / MANIFEST
+        if not mf.exists():
+            raise IndexError_(
+                f"{path} is not a kNN graph (no {MANIFEST}); build one with `seals-gpu index graph INDEX --k K`"
+            )
+        try:
+            header = json.loads(mf.read_text())
+        except json.JSONDecodeError as e:
+            raise IndexError_(f"{mf} is not valid JSON ({e}); delete {path} and rebuild the graph") from None
+        if header.get("format") != GRAPH_FORMAT:
+            raise IndexError_(
+                f"{mf}: format {header.get('format')!r}, expected {GRAPH_FORMAT!r}; rebuild the graph"
+            )
+        k = int(header["k"])
+        rebuild = f"`seals-gpu index graph {header.get('index')} --k {k} --out {path}`"
+        missing = [
+            p["file"] for p in header["parts"] if not _part_done(path / p["file"], p["stop"] - p["start"])
+        ]
+        if missing:
+            raise IndexError_(
+                f"kNN graph {path} is incomplete ({len(missing)} of {len(header['parts'])} parts missing, "
+                f"e.g. {missing[0]}); finish it with {rebuild}"
+            )
+        n = int(header["ntotal"])
+        ids = np.empty(n, dtype=np.int64)
+        nbrs = np.empty((n, k), dtype=np.int64)
+        sims = np.empty((n, k), dtype=np.float32)
+        row = 0
+        for p in header["parts"]:
+            try:
+                t = pq.read_table(path / p["file"], columns=["id", "neighbors", "sims"])
+            except (OSError, pa.ArrowInvalid, KeyError) as e:
+                raise IndexError_(
+                    f"{path / p['file']} is unreadable ({e}); delete it and rerun {rebuild}"
+                ) from None
+            m = t.num_rows
+            nb = t.column("neighbors").combine_chunks()
+            sm = t.column("sims").combine_chunks()
+            if np.any(np.diff(nb.offsets.to_numpy()) != k) or np.any(np.diff(sm.offsets.to_numpy()) != k):
+                raise IndexError_(
+                    f"{path / p['file']}: rows do not all hold {k} neighbours; delete it and rerun {rebuild}"
+                )
+            ids[row : row + m] = t.column("id").to_numpy()
+            nbrs[row : row + m] = nb.values.to_numpy().reshape(m, k)
+            sims[row : row + m] = sm.values.to_numpy().reshape(m, k)
+            row += m
+        if row != n or (n > 1 and not (ids[1:] > ids[:-1]).all()):
+            raise IndexError_(f"kNN graph {path}: ids are not the index's {n} sorted unique ids; rebuild it")
+        return cls(path, header, ids, nbrs, sims)
+
+    def check_store(self, store: Any) -> None:
+        """Refuse a graph built over another store (or an older version of this one)."""
+        if store.fingerprint != self.store_fingerprint:
+            raise IndexError_(
+                f"kNN graph {self.path} was built from index {self.index_path} over a store with fingerprint "
+                f"{self.store_fingerprint}, but {store.path} has {store.fingerprint}; rebuild the index and "
+                f"the graph: `seals-gpu index build {store.path} INDEX --force` then "
+                f"`seals-gpu index graph INDEX --k {self.k}`"
+            )
+
+    def lookup(self, ids: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``k`` neighbours of each id: ``(D (n, k) float32, I (n, k) int64)``, -1 / -inf padded.
+
+        Raises:
+            IndexError_: an id not in the graph, or ``k`` above the graph's.
+        """
+        k = self.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.k:
+            raise IndexError_(
+                f"k={k!r}: graph {self.path} holds {self.k} neighbours per item; ask for 1..{self.k} or "
+                f"rebuild it with `--k {k}`"
+            )
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        pos = np.minimum(np.searchsorted(self.ids, ids), max(self.ids.size - 1, 0))
+        ok = self.ids[pos] == ids if self.ids.size else np.zeros(ids.shape, dtype=bool)
+        if not ok.all():
+            bad = ids[~ok][:5].tolist()
+            raise IndexError_(
+                f"ids {bad} are not in kNN graph {self.path}; pass ids from the store it was built on"
+            )
+        return self.sims[pos, :k].copy(), self.neighbors[pos, :k].copy()

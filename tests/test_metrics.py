@@ -1,0 +1,101 @@
+"""Average precision against scikit-learn (ties included) and recall."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score
+
+from seals_gpu.metrics import average_precision, average_precision_many, recall
+
+
+def _sk(y: np.ndarray, s: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(average_precision_score(y, s))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(min_value=1, max_value=200),
+    levels=st.integers(min_value=1, max_value=1000),
+    frac=st.floats(min_value=0.0, max_value=1.0),
+    f32=st.booleans(),
+    seed=st.integers(min_value=0, max_value=2**31),
+)
+def test_average_precision_equals_sklearn(n: int, levels: int, frac: float, f32: bool, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < frac
+    # Few levels -> many tied scores; many levels -> mostly distinct.
+    s = rng.integers(0, levels, n) / levels
+    s = s.astype(np.float32) if f32 else s
+    ours = average_precision(y, s)
+    if not y.any():
+        assert math.isnan(ours)
+        return
+    assert ours == _sk(y, s)  # bit-identical
+    many = average_precision_many(y[None], s[None])
+    assert abs(many[0] - ours) <= 1e-12
+
+
+def test_ties_by_hand() -> None:
+    # Scores: 0.9 (pos), 0.5 (pos), 0.5 (neg), 0.1 (pos). Thresholds: 0.9 -> P=1, R=1/3;
+    # 0.5 -> P=2/3, R=2/3; 0.1 -> P=3/4, R=1. AP = 1/3 * 1 + 1/3 * 2/3 + 1/3 * 3/4.
+    y = np.array([1, 1, 0, 1])
+    s = np.array([0.9, 0.5, 0.5, 0.1])
+    expected = (1 + 2 / 3 + 3 / 4) / 3
+    assert average_precision(y, s) == pytest.approx(expected, abs=1e-15)
+    assert average_precision(y, s) == _sk(y, s)
+    # Order inside a tie does not matter.
+    assert average_precision(y[[0, 2, 1, 3]], s[[0, 2, 1, 3]]) == average_precision(y, s)
+    # All scores tied: AP is the positive rate.
+    assert average_precision(y, np.zeros(4)) == pytest.approx(0.75)
+
+
+def test_average_precision_many_matches_rows() -> None:
+    rng = np.random.default_rng(3)
+    U, N = 30, 257
+    y = rng.random((U, N)) < rng.random((U, 1)) * 0.2
+    y[0] = False  # a row without positives
+    s = np.round(rng.random((U, N)), 2)  # ties
+    many = average_precision_many(y, s)
+    assert math.isnan(many[0])
+    for u in range(1, U):
+        assert abs(many[u] - _sk(y[u], s[u])) <= 1e-12
+    # torch input and integer labels
+    many_t = average_precision_many(torch.from_numpy(y.astype(np.int64)), torch.from_numpy(s))
+    np.testing.assert_array_equal(many_t, many)
+    assert average_precision_many(np.zeros((2, 0), bool), np.zeros((2, 0))).shape == (2,)
+
+
+def test_average_precision_validation() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        average_precision([0, 1], [0.5])
+    with pytest.raises(ValueError, match="0/1"):
+        average_precision([0, 2], [0.5, 0.1])
+    with pytest.raises(ValueError, match="NaN"):
+        average_precision([0, 1], [0.5, float("nan")])
+    with pytest.raises(ValueError, match="shape"):
+        average_precision_many([0, 1], [0.5, 0.1])
+    assert math.isnan(average_precision([], []))
+    assert math.isnan(average_precision([0, 0], [0.1, 0.2]))
+    assert average_precision(torch.tensor([True, False]), torch.tensor([0.9, 0.1])) == 1.0
+
+
+def test_recall() -> None:
+    assert recall(3, 4) == 0.75
+    assert isinstance(recall(3, 4), float)
+    assert math.isnan(recall(0, 0))
+    out = recall(np.array([0, 2, 0]), np.array([5, 2, 0]))
+    np.testing.assert_array_equal(out[:2], [0.0, 1.0])
+    assert math.isnan(out[2])
+    with pytest.raises(ValueError, match="exceeds"):
+        recall(5, 4)
+    with pytest.raises(ValueError, match=">= 0"):
+        recall(-1, 4)
