@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 
@@ -62,6 +63,9 @@ def _units(d: int, U: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     n = args.n or (100_000 if args.quick else 1_000_000)
     cores = os.cpu_count() or 1
+    threads = args.threads or cores
+    faiss.omp_set_num_threads(threads)
+    torch.set_num_threads(threads)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_distributed_"))
     store_path = root / f"store-{n}x{args.dim}"
     if store_path.exists():
@@ -109,19 +113,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sbase_t, top0 = _time(lambda: lb1.score_all(excl, W, bias, kind, ref, 1.0, args.b), args.repeat)
     score_rows.append({"mode": "in-process", "shards": 1, "units": args.units, "seconds": sbase_t})
     for s in args.shards:
-        if s != 1:
+        if s != 1:  # the same shard layout in this process: sharding's own cost, without Ray
             loc = LocalIndex.open(paths[s])
-            t, (D, I) = _time(lambda loc=loc: loc.search(xq, k, exclude_ids=q), args.repeat)
-            assert np.array_equal(I, I0) and np.array_equal(D, D0), "sharded in-process search differs"
+            t, (sims, nbrs) = _time(lambda loc=loc: loc.search(xq, k, exclude_ids=q), args.repeat)
+            if not (np.array_equal(nbrs, I0) and np.array_equal(sims, D0)):
+                raise SystemExit(f"in-process search over {s} shards differs from 1 shard")
             search_rows.append(search_row("in-process", s, t))
     with ray_session(args.ray_address, num_cpus=cores):
         for s in args.shards:
-            with ShardedIndex(paths[s], excluded=test_ids) as si:
-                t, (D, I) = _time(lambda si=si: si.search(xq, k, exclude_ids=q), args.repeat)
-                if not (np.array_equal(I, I0) and np.array_equal(D, D0)):
+            per_actor = max(1, threads // s)
+            with ShardedIndex(paths[s], excluded=test_ids, threads_per_actor=per_actor) as si:
+                t, (sims, nbrs) = _time(lambda si=si: si.search(xq, k, exclude_ids=q), args.repeat)
+                if not (np.array_equal(nbrs, I0) and np.array_equal(sims, D0)):
                     raise SystemExit(f"ray search over {s} shards differs from the in-process search")
                 search_rows.append(search_row("ray", s, t))
-            rb = RayBackend(paths[s], excluded=test_ids, device=cpu)
+            rb = RayBackend(paths[s], excluded=test_ids, device=cpu, threads_per_actor=per_actor)
             try:
                 t, top = _time(lambda rb=rb: rb.score_all(excl, W, bias, kind, ref, 1.0, args.b), args.repeat)
                 for a, b in zip(top.numpy(), top0.numpy(), strict=True):
@@ -136,7 +142,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["overhead"] = r["seconds"] / sbase_t
     return {
         "benchmark": "distributed",
-        "host": {"cpus": cores, "python": platform.python_version(), "machine": platform.machine()},
+        "host": {
+            "cpus": cores,
+            "threads": threads,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
         "n": n,
         "dim": args.dim,
         "k": k,
@@ -150,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def format_tables(res: dict[str, Any]) -> str:
     lines = [
         f"kNN search: {res['queries']:,} queries, k={res['k']}, {res['n']:,} x {res['dim']} "
-        f"(flat, exact), {res['host']['cpus']} cores",
+        f"(flat, exact), {res['host']['cpus']} cores, {res['host']['threads']} threads in all",
         f"{'mode':<11} {'shards':>6} {'seconds':>9} {'queries/s':>11} {'overhead':>9}",
     ]
     for r in res["search"]:
@@ -176,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--queries", type=int, default=10_000)
     p.add_argument("--k", type=int, default=100)
-    p.add_argument("--shards", type=int, nargs="+", default=[2, 4], help="shard actor counts to time")
+    p.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4], help="shard actor counts to time")
+    p.add_argument("--threads", type=int, default=None, help="threads in all (default: every core)")
     p.add_argument("--units", type=int, default=64, help="units for the score_all table")
     p.add_argument("--b", type=int, default=100, help="items selected per unit in score_all")
     p.add_argument("--repeat", type=int, default=3, help="timed calls after the warm-up (median)")

@@ -325,6 +325,8 @@ def _rmatvec(X: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 def _masked_absmax(v: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Per-row max of ``|v|`` over the entries where ``keep`` is true (0 for rows with none)."""
+    if v.shape[1] == 0:
+        return torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
     return torch.where(keep, v.abs(), torch.zeros((), dtype=v.dtype, device=v.device)).amax(dim=1)
 
 
@@ -485,7 +487,7 @@ def _fit(
         # Filled for every unit by the first iteration (need_h is all true).
         chol = torch.empty(U, d + 1, d + 1, dtype=_F64, device=dev)
         need_h = torch.ones(U, dtype=torch.bool, device=dev)
-    F_out = chol.to(torch.float32) if keep_factor else None
+    F_out = torch.empty(U, d + 1, d + 1, device=dev) if keep_factor else None
     gprev = torch.full((U,), math.inf, dtype=_F64, device=dev)
     n_it = torch.zeros(U, dtype=torch.int64, device=dev)
     active = torch.ones(U, dtype=torch.bool, device=dev)
@@ -545,10 +547,13 @@ def _fit(
         n_it = n_it + active.to(torch.int64)
         step = t * delta.abs().amax(dim=1)
         scale = 1.0 + torch.maximum(W.abs().amax(dim=1), b.abs())
-        # No progress possible: the round-off floor if the factor was fresh; otherwise rebuild it.
+        # A short step proves convergence only along a good direction: a fresh factor, or a stale
+        # one the line search did not have to shrink much. No progress at all (t = 0) is the
+        # round-off floor with a fresh factor; a stale factor giving a poor step is rebuilt.
+        trusted = refresh | (t >= 0.25)
         stalled = active & (t <= 0)
-        need_h = need_h | (stalled & ~refresh)
-        done = active & ((step <= tol * scale) & (t > 0) | (stalled & refresh))
+        done = active & (((step <= tol * scale) & (t > 0) & trusted) | (stalled & refresh))
+        need_h = need_h | (active & ~done & ~trusted)
         conv = conv | done
         active = active & ~done
         zpath = zpath + t * _masked_absmax(s, real)

@@ -67,7 +67,7 @@ def average_precision(y_true: Any, scores: Any) -> float:
     tps = np.cumsum(y, dtype=np.float64)[thresholds]
     fps = 1 + thresholds.astype(np.float64) - tps
     ps = tps + fps
-    precision = np.where(ps != 0, np.divide(tps, ps, out=np.zeros_like(tps), where=ps != 0), 0.0)
+    precision = tps / ps  # ps = threshold index + 1 >= 1 (scikit-learn guards ps == 0 for weights)
     recall_ = tps / tps[-1]
     precision = np.concatenate((np.flip(precision), np.asarray([1.0])))
     recall_ = np.concatenate((np.flip(recall_), np.asarray([0.0])))
