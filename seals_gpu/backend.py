@@ -57,6 +57,9 @@ class LocalBackend:
         self.scoring_backend = scoring_backend
         self._emb: list[torch.Tensor | None] = [None] * len(index.shards)
         self._cand_sum: tuple[np.ndarray, int] | None = None
+        self._gpu_search: list | None = None
+        self._faiss_on_gpu = False
+        self._faiss_res = None
         self.dim = index.dim
 
     # ------------------------------------------------------------------ plumbing
@@ -68,7 +71,39 @@ class LocalBackend:
             self._emb[s] = torch.from_numpy(v).to(self.device.torch_device)
         return self._emb[s]  # type: ignore[return-value]
 
+    @property
+    def search_path(self) -> str:
+        """How ``search`` runs here, for the run log (``--device auto`` says what it chose and why)."""
+        if self.device.kind == "cuda" and self.index.kind == "flat":
+            return "exact search by torch matmul + top-k on the GPU (vectors resident, fp32)"
+        if self.device.kind == "cuda" and self.device.faiss_gpu:
+            return "FAISS GPU IVF-PQ with exact re-rank"
+        if self.device.kind == "cuda":
+            return "FAISS CPU IVF-PQ with exact re-rank (the installed faiss has no GPU support)"
+        return f"{self.index.kind} search on the CPU"
+
     def search(self, xq: np.ndarray, k: int, exclude_ids: np.ndarray | None = None):
+        if self.device.kind == "cuda" and self.index.kind == "flat":
+            from .index.merge import merge_neighbors
+            from .index.torch_exact import TorchExactIndex
+
+            if self._gpu_search is None:
+                self._gpu_search = [
+                    TorchExactIndex(sh.ids, self._shard_emb(s), device=self.device.torch_device,
+                                    dtype=torch.float32)
+                    for s, sh in enumerate(self.index.shards)
+                ]
+            parts = [t.search(xq, k, exclude_ids=exclude_ids) for t in self._gpu_search]
+            return parts[0] if len(parts) == 1 else merge_neighbors(parts, k)
+        if self.device.kind == "cuda" and self.device.faiss_gpu and not self._faiss_on_gpu:
+            import faiss
+
+            res = faiss.StandardGpuResources()
+            for sh in self.index.shards:
+                if sh.index is not None:
+                    sh.index = faiss.index_cpu_to_gpu(res, self.device.torch_device.index or 0, sh.index)
+            self._faiss_res = res
+            self._faiss_on_gpu = True
         return self.index.search(xq, k, exclude_ids=exclude_ids)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:

@@ -672,7 +672,8 @@ def run_from_args(a: Any) -> Run:
         raise RunDirError(f"--resume: {out} holds no run (no config.json); drop --resume to start one")
     use_ray = getattr(a, "ray", False) or getattr(a, "ray_address", None) or os.environ.get("RAY_ADDRESS")
     log = (lambda *m: print(*m, file=sys.stderr))
-    log(f"device: {dev.reason}")
+    log(f"device: {dev.reason}; scoring: "
+        f"{'fused CUDA kernels' if dev.kind == 'cuda' and dev.has_cupy else 'torch reference'}")
     log(f"{len(concepts)} concept(s) x {len(strategies)} strateg(ies) x {len(modes)} mode(s); "
         f"{cfg.n_rounds} rounds of {cfg.batch} after a seed set of {cfg.seed_size}")
     if use_ray:
@@ -688,6 +689,7 @@ def run_from_args(a: Any) -> Run:
             backend.close()
     else:
         r = Run(cfg, out, store=store, index=index, graph=graph, device=dev, progress=not a.quiet, log=log)
+        log(f"search: {'kNN graph lookup' if graph is not None else r.backend.search_path}")
         r.start(resume=a.resume)
     if a.full_supervision:
         from .supervised import record_full_supervision
