@@ -1,16 +1,17 @@
-"""Benchmark: kNN search (and All-mode scoring) served by 2 and 4 local Ray shard actors vs in-process.
+"""Benchmark: kNN search and All-mode scoring served by 1, 2 and 4 local Ray shard actors vs in-process.
 
-One store of N x 64 unit vectors (synthetic clusters, default 1M; ``--quick`` 100k; ``--n`` any), indexes of
-1, 2 and 4 shards, and 10,000 queries (items of the store, each excluding itself) at k=100, all queries in
-one call per shard. Rows, on the same cores:
+One store of N x 64 unit vectors (synthetic clusters, default 1M; ``--quick`` 100k; ``--n`` any), flat
+(exact) indexes of 1, 2 and 4 shards, and 10,000 queries (items of the store, each excluding itself) at
+k=100, all queries in one call per shard. Cases, on the same cores:
 
-- ``in-process``  LocalIndex over 1 shard (the reference) and over the same shard layout as the actors;
-- ``ray``         ShardedIndex with one actor per shard (``threads = cores / shards`` each).
+- ``in-process``  LocalBackend over 1 shard (the reference) and over each shard layout (sharding's own cost);
+- ``ray``         RayBackend with one actor per shard, ``threads // shards`` FAISS/torch threads each.
 
-Correctness first: every Ray result must equal the in-process result bit for bit (ids and similarities).
-Then a warm-up call and the median of ``--repeat`` timed calls. ``overhead`` is the Ray time over the
-1-shard in-process time (the target is <= 1.3x). A second table times All-mode scoring (``score_all``, 64
-units, b=100) the same way: only weights go out and (U, b) ids and scores come back.
+Correctness first: every case must give the reference's results bit for bit (ids and similarities, and the
+score_all top-b). Then ``--repeat`` rounds in which every case runs once in turn (so drifting load on a
+shared machine hits every case alike); the table shows medians. ``overhead`` is a case's time over the
+1-shard in-process time; the target for Ray is <= 1.3x. ``score_all`` scores every candidate for 64 units
+(b=100): only weights go out and (U, b) ids and scores come back.
 
     python benchmarks/bench_distributed.py --quick
     python benchmarks/bench_distributed.py --n 1000000 --out benchmarks/out/distributed.json
@@ -36,19 +37,15 @@ import torch
 
 from seals_gpu.backend import LocalBackend
 from seals_gpu.device import resolve_device
-from seals_gpu.distributed import RayBackend, ShardedIndex, ray_session
+from seals_gpu.distributed import RayBackend, ray_session
 from seals_gpu.index import IndexSpec, LocalIndex, build_index
 from seals_gpu.synth import make_synthetic_store
 
 
-def _time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    out = fn()  # warm-up (and the result checked for correctness)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _units(d: int, U: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -90,61 +87,71 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     k = args.k
     one = LocalIndex.open(paths[1])
     xq = one.vectors(q)
-    search_rows: list[dict[str, Any]] = []
-    score_rows: list[dict[str, Any]] = []
     W, bias, kind, ref = _units(args.dim, args.units)
     excl = [np.sort(rng.choice(ids, size=200, replace=False)) for _ in range(args.units)]
     cpu = resolve_device("cpu")
-
-    def search_row(mode: str, shards: int, seconds: float) -> dict[str, Any]:
-        return {
-            "mode": mode,
-            "shards": shards,
-            "n": n,
-            "queries": int(q.size),
-            "k": k,
-            "seconds": seconds,
-            "qps": q.size / seconds,
-        }
-
-    base_t, (D0, I0) = _time(lambda: one.search(xq, k, exclude_ids=q), args.repeat)
-    search_rows.append(search_row("in-process", 1, base_t))
-    lb1 = LocalBackend(one, cpu, excluded=test_ids)
-    sbase_t, top0 = _time(lambda: lb1.score_all(excl, W, bias, kind, ref, 1.0, args.b), args.repeat)
-    score_rows.append({"mode": "in-process", "shards": 1, "units": args.units, "seconds": sbase_t})
-    for s in args.shards:
-        if s != 1:  # the same shard layout in this process: sharding's own cost, without Ray
-            loc = LocalIndex.open(paths[s])
-            t, (sims, nbrs) = _time(lambda loc=loc: loc.search(xq, k, exclude_ids=q), args.repeat)
-            if not (np.array_equal(nbrs, I0) and np.array_equal(sims, D0)):
-                raise SystemExit(f"in-process search over {s} shards differs from 1 shard")
-            search_rows.append(search_row("in-process", s, t))
+    load_before = os.getloadavg()[0]
     with ray_session(args.ray_address, num_cpus=cores):
+        cases: list[tuple[str, int, Any]] = [
+            ("in-process", s, LocalBackend(LocalIndex.open(paths[s]), cpu, excluded=test_ids)) for s in paths
+        ]
         for s in args.shards:
             per_actor = max(1, threads // s)
-            with ShardedIndex(paths[s], excluded=test_ids, threads_per_actor=per_actor) as si:
-                t, (sims, nbrs) = _time(lambda si=si: si.search(xq, k, exclude_ids=q), args.repeat)
+            cases.append(
+                ("ray", s, RayBackend(paths[s], excluded=test_ids, device=cpu, threads_per_actor=per_actor))
+            )
+        try:
+            # correctness first (also the warm-up): every layout, local or Ray, gives the same bits
+            D0, I0 = cases[0][2].search(xq, k, exclude_ids=q)
+            top0 = cases[0][2].score_all(excl, W, bias, kind, ref, 1.0, args.b).numpy()
+            for mode, s, be in cases[1:]:
+                sims, nbrs = be.search(xq, k, exclude_ids=q)
                 if not (np.array_equal(nbrs, I0) and np.array_equal(sims, D0)):
-                    raise SystemExit(f"ray search over {s} shards differs from the in-process search")
-                search_rows.append(search_row("ray", s, t))
-            rb = RayBackend(paths[s], excluded=test_ids, device=cpu, threads_per_actor=per_actor)
-            try:
-                t, top = _time(lambda rb=rb: rb.score_all(excl, W, bias, kind, ref, 1.0, args.b), args.repeat)
-                for a, b in zip(top.numpy(), top0.numpy(), strict=True):
-                    if not np.array_equal(a, b):
-                        raise SystemExit(f"ray score_all over {s} shards differs from the in-process result")
-                score_rows.append({"mode": "ray", "shards": s, "units": args.units, "seconds": t})
-            finally:
-                rb.close()
-    for r in search_rows:
-        r["overhead"] = r["seconds"] / base_t
-    for r in score_rows:
-        r["overhead"] = r["seconds"] / sbase_t
+                    raise SystemExit(
+                        f"{mode} search over {s} shards differs from the 1-shard in-process search"
+                    )
+                top = be.score_all(excl, W, bias, kind, ref, 1.0, args.b).numpy()
+                if not all(np.array_equal(a, b) for a, b in zip(top, top0, strict=True)):
+                    raise SystemExit(f"{mode} score_all over {s} shards differs from the in-process result")
+            # interleaved repetitions: on a shared machine, drifting load hits every case alike
+            times: dict[int, dict[str, list[float]]] = {
+                i: {"search": [], "score_all": []} for i in range(len(cases))
+            }
+            for _ in range(args.repeat):
+                for i, (_, _, be) in enumerate(cases):
+                    times[i]["search"].append(_timed(lambda be=be: be.search(xq, k, exclude_ids=q)))
+                    times[i]["score_all"].append(
+                        _timed(lambda be=be: be.score_all(excl, W, bias, kind, ref, 1.0, args.b))
+                    )
+        finally:
+            for mode, _, be in cases:
+                if mode == "ray":
+                    be.close()
+    rows = []
+    base = statistics.median(times[0]["search"])
+    sbase = statistics.median(times[0]["score_all"])
+    for i, (mode, s, _) in enumerate(cases):
+        t = statistics.median(times[i]["search"])
+        st = statistics.median(times[i]["score_all"])
+        rows.append(
+            {
+                "mode": mode,
+                "shards": s,
+                "search_s": t,
+                "search_best_s": min(times[i]["search"]),
+                "qps": q.size / t,
+                "overhead": t / base,
+                "score_all_s": st,
+                "score_all_overhead": st / sbase,
+            }
+        )
     return {
         "benchmark": "distributed",
         "host": {
             "cpus": cores,
             "threads": threads,
+            "load_before": load_before,
+            "load_after": os.getloadavg()[0],
             "python": platform.python_version(),
             "machine": platform.machine(),
         },
@@ -152,30 +159,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dim": args.dim,
         "k": k,
         "queries": int(q.size),
+        "units": args.units,
+        "b": args.b,
         "repeat": args.repeat,
-        "search": search_rows,
-        "score_all": score_rows,
+        "rows": rows,
     }
 
 
-def format_tables(res: dict[str, Any]) -> str:
+def format_table(res: dict[str, Any]) -> str:
+    h = res["host"]
     lines = [
-        f"kNN search: {res['queries']:,} queries, k={res['k']}, {res['n']:,} x {res['dim']} "
-        f"(flat, exact), {res['host']['cpus']} cores, {res['host']['threads']} threads in all",
-        f"{'mode':<11} {'shards':>6} {'seconds':>9} {'queries/s':>11} {'overhead':>9}",
+        f"{res['queries']:,} queries, k={res['k']}, over {res['n']:,} x {res['dim']} (flat, exact); "
+        f"score_all: {res['units']} units, b={res['b']}; {h['cpus']} cores, {h['threads']} threads in all; "
+        f"median of {res['repeat']}; load {h['load_before']:.1f} -> {h['load_after']:.1f}",
+        f"{'mode':<11} {'shards':>6} {'search s':>9} {'best s':>8} {'queries/s':>10} {'overhead':>9} "
+        f"{'score_all s':>12} {'overhead':>9}",
     ]
-    for r in res["search"]:
+    for r in res["rows"]:
         lines.append(
-            f"{r['mode']:<11} {r['shards']:>6} {r['seconds']:>9.3f} {r['qps']:>11,.0f} {r['overhead']:>8.2f}x"
-        )
-    lines += [
-        "",
-        "All-mode scoring (score_all)",
-        f"{'mode':<11} {'shards':>6} {'units':>6} {'seconds':>9} {'overhead':>9}",
-    ]
-    for r in res["score_all"]:
-        lines.append(
-            f"{r['mode']:<11} {r['shards']:>6} {r['units']:>6} {r['seconds']:>9.3f} {r['overhead']:>8.2f}x"
+            f"{r['mode']:<11} {r['shards']:>6} {r['search_s']:>9.3f} {r['search_best_s']:>8.3f} {r['qps']:>10,.0f} "
+            f"{r['overhead']:>8.2f}x {r['score_all_s']:>12.3f} {r['score_all_overhead']:>8.2f}x"
         )
     return "\n".join(lines)
 
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     res = run(args)
-    print(format_tables(res))
+    print(format_table(res))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=2) + "\n")

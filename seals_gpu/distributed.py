@@ -42,7 +42,7 @@ import torch
 
 from .backend import LocalBackend, sub_csr
 from .device import DeviceChoice, resolve_device
-from .errors import ConfigError, IndexError_
+from .errors import ConfigError, IndexError_, SealsError
 from .index.build import FORMAT, LocalIndex, fill_shard, read_manifest
 from .index.merge import merge_neighbors
 from .index.shard import IndexShard, SearchParams
@@ -81,6 +81,16 @@ def _retryable_errors() -> tuple[type[BaseException], ...]:
 
     names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "ObjectLostError")
     return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+
+
+def _last_error_line(e: BaseException) -> str:
+    """The remote exception's own one-line message from a Ray error's text (``module.Class: message``)."""
+    lines = [ln.strip() for ln in str(getattr(e, "error_msg", None) or e).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        head, sep, msg = ln.partition(": ")
+        if sep and head.rsplit(".", 1)[-1].endswith(("Error", "Error_", "Exception")) and " " not in head:
+            return msg
+    return lines[-1] if lines else type(e).__name__
 
 
 @dataclass(frozen=True)
@@ -553,7 +563,11 @@ class ShardedIndex:
             hi = np.searchsorted(excl, self._id_max[s], side="right")
             self._make.append(self._actor_factory(s, options, {**common, "excluded": excl[lo:hi]}))
         self.actors = [make() for make in self._make]
-        infos = self.call(lambda: [a.ready.remote() for a in self.actors], timeout=fault.ready_timeout_s)
+        try:
+            infos = self.call(lambda: [a.ready.remote() for a in self.actors], timeout=fault.ready_timeout_s)
+        except BaseException:
+            self.close()
+            raise
         for s, info in enumerate(infos):
             if info["n"] != int(self._sizes[s]) or info["dim"] != self.dim:
                 raise IndexError_(
@@ -564,10 +578,12 @@ class ShardedIndex:
     def _actor_factory(self, s: int, options: dict[str, Any], kwargs: dict[str, Any]) -> Callable[[], Any]:
         shard_dir = str(self.path / self.manifest["shards"][s]["dir"])
         cls = _remote_actor()
+        # the excluded ids can be large: put them once and hold the reference here for the index's
+        # lifetime, so a restarted actor can still read its constructor arguments (ray-project/ray#53727)
+        excluded_ref = _import_ray().put(kwargs.pop("excluded"))
 
         def make() -> Any:
-            # arguments by value: Ray keeps them for restarts (an object-store ref could go out of scope)
-            return cls.options(**options).remote(shard_dir, **kwargs)
+            return cls.options(**options).remote(shard_dir, excluded=excluded_ref, **kwargs)
 
         return make
 
@@ -575,12 +591,30 @@ class ShardedIndex:
     def call(self, submit: Callable[[], list[Any]], *, timeout: float | None = None) -> list[Any]:
         """Submit calls (``submit()`` returns object refs) and get them, resubmitting after actor failures."""
         ray = _import_ray()
+        import ray.exceptions as rex
+
         errors = _retryable_errors()
         attempt = 0
         while True:
             try:
                 return ray.get(submit(), timeout=timeout)
+            except rex.RayTaskError as e:  # the call itself failed: show the shard's own error, not Ray's
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, SealsError):
+                    raise cause from None
+                raise
+            except rex.GetTimeoutError:
+                raise ConfigError(
+                    f"the shard actors of {self.path} did not answer within {timeout:.0f}s; check `ray status` "
+                    "for free CPUs/GPUs and memory, and that every node sees the index folder"
+                ) from None
             except errors as e:
+                if getattr(
+                    e, "actor_init_failed", False
+                ):  # __init__ raised: a restart would fail the same way
+                    raise IndexError_(
+                        f"a shard actor of {self.path} could not load its shard: {_last_error_line(e)}"
+                    ) from None
                 if attempt >= self.fault.call_retries:
                     raise IndexError_(
                         f"a shard actor of {self.path} kept failing after {attempt + 1} tries "
@@ -630,7 +664,12 @@ class ShardedIndex:
         ray = _import_ray()
         if k < 1:
             raise IndexError_(f"k={k}; the number of neighbours must be at least 1")
+        xq = np.asarray(xq)
+        if xq.ndim != 2 or xq.shape[1] != self.dim:
+            raise IndexError_(f"queries must have shape (nq, {self.dim}), got {xq.shape}; reshape your data")
         xq = np.ascontiguousarray(xq, dtype=np.float32)
+        if not np.isfinite(xq).all():
+            raise IndexError_("queries contain NaN or inf; pass finite, l2-normalised vectors")
         xq_ref = ray.put(xq)
         ex_ref = ray.put(None if exclude_ids is None else np.asarray(exclude_ids, dtype=np.int64))
         parts = self.call(lambda: [a.search.remote(xq_ref, k, ex_ref) for a in self.actors])

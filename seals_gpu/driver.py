@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -50,7 +51,17 @@ METRIC_COLUMNS = [
     "test_ap", "recall", "seconds_fit", "seconds_search", "seconds_select", "seconds_round",
 ]
 SELECTION_COLUMNS = ["concept", "strategy", "mode", "round", "id", "label"]
+TEST_CACHE_BYTES = 64 << 20  # test-split vectors up to this size stay on the device; larger ones stream each round
 CHECKPOINT = "checkpoint/state.npz"
+# Crash tests only: SEALS_GPU_TEST_KILL_AT=POINT:ROUND makes the run SIGKILL itself at that point of that
+# round's checkpoint. POINT is "outputs" (after metrics.parquet, before selections.parquet) or "checkpoint"
+# (state.npz fully written to its temporary name, not yet renamed into place). See tests/test_reliability.py.
+KILL_AT_ENV = "SEALS_GPU_TEST_KILL_AT"
+
+
+def _test_kill(point: str, round_no: int) -> None:
+    if os.environ.get(KILL_AT_ENV) == f"{point}:{round_no}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class RunDirError(SealsError):
@@ -95,8 +106,12 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(f"cannot write the run folder {self.path.parent} ({e.strerror}); "
+                              "pick an --out you can write to") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -108,6 +123,23 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}".encode())
         self.fd = fd
+
+    def check_free(self) -> None:
+        """Raise naming the holder if another live process holds the lock (nothing is created)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            holder = self.path.read_text().strip() or "another process"
+            raise RunDirError(
+                f"{self.path.parent} is in use by {holder}; wait for it to finish or pick another --out"
+            ) from None
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -227,6 +259,7 @@ class Run:
         self.metrics: list[dict[str, Any]] = []
         self.selections: list[dict[str, np.ndarray]] = []
         self.round = -1
+        self.already_finished = False  # set by start(resume=True) on a run that had already ended
         self._nbr_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._test_x: torch.Tensor | None = None
         self._test_y: dict[Any, np.ndarray] = {
@@ -284,9 +317,12 @@ class Run:
         return time.perf_counter() - t0
 
     def _test_ap(self) -> list[float]:
+        assert self.model is not None
+        if self.test_ids.size * self.backend.dim * 4 > TEST_CACHE_BYTES:  # stream: memory must not grow with |U|
+            logits_np = self.backend.logits(self.test_ids, self.model.W, self.model.b)
+            return [float(average_precision(self._test_y[u.concept], logits_np[:, u.index])) for u in self.units]
         if self._test_x is None:
             self._test_x = torch.from_numpy(self.backend.vectors(self.test_ids)).to(self.device.torch_device)
-        assert self.model is not None
         logits = (self._test_x @ self.model.W.to(self._test_x.dtype).T + self.model.b.to(self._test_x.dtype))
         logits_np = logits.float().cpu().numpy()
         return [float(average_precision(self._test_y[u.concept], logits_np[:, u.index])) for u in self.units]
@@ -453,9 +489,18 @@ class Run:
         return metrics, selections
 
     def _checkpoint(self) -> None:
-        """One atomic file holds everything needed to continue; the Parquet outputs are derived from it."""
+        """One atomic file holds everything needed to continue; the Parquet outputs are derived from it.
+
+        The Parquet outputs are written first and state.npz last: state.npz is the commit point. A crash in
+        between leaves outputs one round ahead of the checkpoint, and the resume redoes that round exactly.
+        """
         assert self.model is not None
+        metrics, selections = self._tables()
+        write_parquet(self.out / "metrics.parquet", metrics)
+        _test_kill("outputs", self.round)
+        write_parquet(self.out / "selections.parquet", selections)
         arrays: dict[str, np.ndarray] = {
+            "config_json": np.frombuffer(json.dumps(self.config.to_json(), sort_keys=True).encode(), np.uint8),
             "round": np.array(self.round),
             "W": self.model.W.double().cpu().numpy(),
             "b": self.model.b.double().cpu().numpy(),
@@ -476,9 +521,7 @@ class Run:
         with atomic_path(self.out / CHECKPOINT) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-        metrics, selections = self._tables()
-        write_parquet(self.out / "metrics.parquet", metrics)
-        write_parquet(self.out / "selections.parquet", selections)
+            _test_kill("checkpoint", self.round)
 
     def _restore(self) -> None:
         path = self.out / CHECKPOINT
@@ -487,6 +530,12 @@ class Run:
             arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError) as e:
             raise RunDirError(f"{path} is unreadable ({e}); delete {self.out} and start again") from None
+        if "config_json" in arrays:  # the checkpoint carries its own config (store fingerprint included)
+            saved = RunConfig.from_json(json.loads(arrays["config_json"].tobytes().decode()))
+            diff = saved.same_selections_as(self.config)
+            if diff:
+                raise RunDirError(f"{path} was written by a different configuration ({', '.join(diff)} "
+                                  f"changed) than {self.out}/config.json; delete {self.out} and start again")
         self.round = int(arrays["round"])
         self.metrics = json.loads(arrays["metrics_json"].tobytes().decode())
         dev = self.device.torch_device
@@ -518,22 +567,43 @@ class Run:
         if not resume and self.out.exists() and any(p.name != ".lock" for p in self.out.iterdir()):
             raise RunDirError(f"{self.out} is not empty; pass --resume to continue that run or pick a new --out")
         lock.acquire()
+        self.already_finished = False
         try:
+            if resume and (self.out / "config.json").exists():
+                self._check_resume_config()
+                _remove_stale_temporaries(self.out)
             if resume and (self.out / CHECKPOINT).exists():
-                old = RunConfig.from_json(json.loads((self.out / "config.json").read_text()))
-                diff = old.same_selections_as(cfg)
-                if diff:
-                    raise RunDirError(
-                        f"--resume with a different configuration ({', '.join(diff)} changed) than the run "
-                        f"in {self.out}; rerun with the original settings or pick a new --out"
-                    )
                 self._restore()
+                if self.round >= cfg.n_rounds:
+                    self.already_finished = True
+                    self.log(f"{self.out} already finished (round {self.round} of {cfg.n_rounds}); nothing to do")
+                    return
                 self.log(f"resuming {self.out} after round {self.round}")
             else:
                 write_json(self.out / "config.json", cfg.to_json())
             self._loop()
         finally:
             lock.release()
+
+    def _check_resume_config(self) -> None:
+        """--resume must use the settings (and the store) the run started with."""
+        path = self.out / "config.json"
+        try:
+            old = RunConfig.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, SealsError) as e:
+            raise RunDirError(f"{path} is unreadable ({e}); delete {self.out} and start again") from None
+        diff = old.same_selections_as(self.config)
+        if "store_fingerprint" in diff:
+            raise RunDirError(
+                f"--resume: store {self.config.store} has fingerprint {self.config.store_fingerprint}, but the run "
+                f"in {self.out} started on {old.store} with {old.store_fingerprint}; resume with the original "
+                "store or pick a new --out"
+            )
+        if diff:
+            raise RunDirError(
+                f"--resume with a different configuration ({', '.join(diff)} changed) than the run "
+                f"in {self.out}; rerun with the original settings or pick a new --out"
+            )
 
     def _loop(self) -> None:
         cfg = self.config
@@ -575,6 +645,15 @@ class Run:
                 bar.update(1)
         if bar is not None:
             bar.close()
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete temporary files left by atomic writes that a crash stopped before their rename."""
+    for folder in (out, out / "checkpoint"):
+        if folder.is_dir():
+            for p in folder.glob(".*.tmp"):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
 
 
 def _valid(top: TopB, j: int) -> np.ndarray:
@@ -619,6 +698,27 @@ def run(
     r = Run(cfg, Path(out), store=store, index=idx, device=dev, progress=progress, log=lambda *_: None)
     r.start(resume=resume)
     return r
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse an --out that is a file or that cannot be created, before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a folder; pick another --out")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot create --out {out}: {parent} is not a folder you can write to; "
+                          "pick another --out")
+
+
+def _has_full_supervision(out: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        return "full" in pq.read_table(out / "metrics.parquet", columns=["strategy"]).column(0).to_pylist()
+    except (OSError, pa.ArrowException):
+        return False
 
 
 def run_from_args(a: Any) -> Run:
@@ -666,9 +766,12 @@ def run_from_args(a: Any) -> Run:
         full_supervision=a.full_supervision,
     )
     out = Path(a.out)
+    _check_out_dir(out)
+    RunLock(out).check_free()
     if not a.resume and out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         raise RunDirError(f"{out} is not empty; pass --resume to continue that run or pick a new --out")
-    if a.resume and not (out / "config.json").exists():
+    if a.resume and not (out / "config.json").exists() and not (out / ".lock").exists():
+        # (a folder holding only .lock is a run killed before it wrote anything: --resume starts it over)
         raise RunDirError(f"--resume: {out} holds no run (no config.json); drop --resume to start one")
     use_ray = getattr(a, "ray", False) or getattr(a, "ray_address", None) or os.environ.get("RAY_ADDRESS")
     log = (lambda *m: print(*m, file=sys.stderr))
@@ -691,7 +794,7 @@ def run_from_args(a: Any) -> Run:
         r = Run(cfg, out, store=store, index=index, graph=graph, device=dev, progress=not a.quiet, log=log)
         log(f"search: {'kNN graph lookup' if graph is not None else r.backend.search_path}")
         r.start(resume=a.resume)
-    if a.full_supervision:
+    if a.full_supervision and not (r.already_finished and _has_full_supervision(out)):
         from .supervised import record_full_supervision
 
         record_full_supervision(r)

@@ -415,6 +415,84 @@ def _score_select_torch(
     return out
 
 
+def _padded_topb(P: torch.Tensor, I: torch.Tensor, counts: torch.Tensor, k: int) -> TopB:
+    """Top-k of each row of ``P`` (U, L) by (score desc, id asc), where row u's ids ``I[u]`` ascend along
+    the row (padding: -inf scores at the end). ``counts`` = valid entries kept per row."""
+    U, L = P.shape
+    kk = min(k, L)
+    out = TopB.empty(U, k, P.device, P.dtype)
+    out.counts = counts
+    if kk == 0 or U == 0:
+        return out
+    t = torch.topk(P, kk, dim=1, largest=True, sorted=False).values.amin(dim=1)
+    sel = P >= t[:, None]
+    if not bool((sel.sum(dim=1) == kk).all()):  # a tie group straddles the k-th place: lower ids win
+        gt = P > t[:, None]
+        need = kk - gt.sum(dim=1)
+        eq = P == t[:, None]
+        sel = gt | (eq & (eq.cumsum(dim=1, dtype=torch.int32) <= need[:, None]))
+    cols = sel.nonzero()[:, 1].view(U, kk)
+    vals = P.gather(1, cols)
+    vals, o = torch.sort(vals, dim=1, descending=True, stable=True)
+    cols = cols.gather(1, o)
+    valid = torch.arange(kk, device=P.device)[None, :] < counts[:, None]
+    out.ids[:, :kk] = torch.where(valid, I.gather(1, cols), -1)
+    out.scores[:, :kk] = torch.where(valid, vals, torch.full_like(vals, _NEG_INF))
+    return out
+
+
+def _dense_profitable(rows: torch.Tensor, ids: torch.Tensor, off_h: np.ndarray, U: int) -> tuple | None:
+    """Whether the union-GEMM path beats per-row gathers, and its inputs: the distinct rows of all units
+    (pools of one concept's strategies overlap heavily) scored against every unit in one matmul."""
+    M = rows.numel()
+    if M == 0 or U == 0 or rows.device.type != "cpu":
+        return None
+    lens = np.diff(off_h)
+    L = int(lens.max())
+    if U * L > 4 * M + 1024:
+        return None  # very uneven pools: padding would cost more than it saves
+    starts = np.zeros(M, dtype=bool)
+    starts[off_h[:-1][lens > 0]] = True
+    rising = torch.ones(M, dtype=torch.bool)
+    rising[1:] = ids[1:] > ids[:-1]
+    if not bool((rising | torch.from_numpy(starts)).all()):
+        return None  # the padded top-b needs ascending ids within each segment (pools are sorted)
+    ur, inv = torch.unique(rows, return_inverse=True)
+    R = ur.numel()
+    if R * U > 16 * M or R * U > (1 << 26):
+        return None
+    return ur, inv, lens, L
+
+
+def _score_select_dense(
+    emb: torch.Tensor, ids: torch.Tensor, off_h: np.ndarray, plan: tuple, W: torch.Tensor, bias: torch.Tensor,
+    kind: torch.Tensor, ref: torch.Tensor | None, beta: float, b: int, cdt: torch.dtype,
+) -> TopB:
+    """CPU fast path: logits of the distinct candidate rows for every unit by one GEMM, then a padded top-b.
+    Equal to :func:`_score_select_torch` up to float rounding of the dot products (same tie rule)."""
+    ur, inv, lens, L = plan
+    U = W.shape[0]
+    dev = emb.device
+    lens_t = torch.from_numpy(lens).to(dev)
+    unit_of = torch.repeat_interleave(torch.arange(U, device=dev), lens_t)
+    X = emb[ur].to(cdt)
+    Wc = W.to(cdt)
+    z = (X @ Wc.T + bias.to(cdt))[inv, unit_of]
+    kind_c = kind.to(dev)[unit_of]
+    sim = None
+    if ref is not None and bool((kind == KIND_ID).any()):
+        sim = (X @ ref.to(cdt).T)[inv, unit_of]
+    sc = strategy_scores(z, kind_c, sim, beta)
+    col = torch.arange(unit_of.numel(), device=dev) - torch.from_numpy(off_h[:-1]).to(dev)[unit_of]
+    P = torch.full((U, L), _NEG_INF, dtype=sc.dtype, device=dev)
+    P[unit_of, col] = sc
+    I = torch.full((U, L), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
+    I[unit_of, col] = ids
+    out = _padded_topb(P, I, lens_t.clamp(max=b), b)
+    out.scores = out.scores.to(torch.float32)
+    return out
+
+
 def _use_cuda(backend: str, emb: torch.Tensor, b: int, cdt: torch.dtype) -> bool:
     """Resolve ``backend`` for this call; raises ConfigError when 'cuda' cannot be honoured."""
     if backend == "torch":
@@ -526,6 +604,10 @@ def score_select(
     chunk = _default_chunk_rows(int(emb.shape[1])) if chunk_rows is None else int(chunk_rows)
     if chunk < 1:
         raise ConfigError(f"chunk_rows={chunk_rows}; must be >= 1")
+    if backend == "auto" and chunk_rows is None:
+        plan = _dense_profitable(rows, ids, off_h, int(W_.shape[0]))
+        if plan is not None:
+            return _score_select_dense(emb, ids, off_h, plan, W_, bias, kind, ref, float(beta), b, compute_dtype)
     return _score_select_torch(
         emb, rows, ids, off_h, W_, bias, kind, ref, float(beta), b, compute_dtype, chunk
     )

@@ -312,7 +312,8 @@ class Store:
         cols += [c for c in columns if c not in cols]
         for f in self.files:
             try:
-                pf = pq.ParquetFile(f)
+                # no pre-buffering: it reads a whole file's column chunks up front (~ a file's worth of memory)
+                pf = pq.ParquetFile(f, pre_buffer=False)
                 row0 = 0
                 for rb in pf.iter_batches(batch_size=batch_rows, columns=cols):
                     yield self._convert(rb, f, row0, embeddings, labels, split, normalize)

@@ -367,9 +367,12 @@ def select_topk(scores: torch.Tensor, ids: torch.Tensor, b: int) -> torch.Tensor
 def select_topk_segmented(
     scores: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor, b: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-segment :func:`select_topk` over a CSR batch, in one vectorised pass.
+    """Per-segment :func:`select_topk` over a CSR batch.
 
-    Segment ``u`` is ``scores[offsets[u]:offsets[u + 1]]`` (with the matching ``ids``).
+    Segment ``u`` is ``scores[offsets[u]:offsets[u + 1]]`` (with the matching ``ids``). Vectorised
+    (a dense per-segment threshold, then exact sorts of the survivors) for many segments or on GPU;
+    a loop of :func:`select_topk` for up to 256 segments on CPU, or for very uneven segments, where
+    that is faster. Results are identical either way.
 
     Args:
         scores: ``(M,)`` scores of all segments, concatenated.

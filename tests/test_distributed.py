@@ -327,3 +327,23 @@ def test_run_over_three_ray_shards_equals_in_process(
     new_pids = ray_local.get([a.pid.remote() for a in backend3.actors])
     assert new_pids[0] != pids[0] and new_pids[2] != pids[2] and new_pids[1] == pids[1]
     assert got == ref
+
+
+@pytest.mark.ray
+def test_errors_reach_the_driver_as_clear_messages(backend3, ray_local, store, tmp_path):
+    from seals_gpu.distributed import ShardedIndex
+
+    with pytest.raises(IndexError_, match=r"queries must have shape \(nq, 16\)"):
+        backend3.search(np.zeros((2, 5), np.float32), 3)
+    inside = np.array([store.read_ids().min() + 1])  # inside shard 0's id range, but not an id of the store
+    with pytest.raises(IndexError_, match=r"are not in this index") as info:
+        backend3.vectors(inside)
+    assert "Traceback" not in str(info.value)
+    W, bias, kind, ref = _units(16, U=2)
+    with pytest.raises(IndexError_, match=r"are not in this index"):
+        backend3.score_pool(inside, np.array([0, 1, 1]), W, bias, kind, ref, 1.0, 3)
+    bad = build_index(store, tmp_path / "bad", IndexSpec(kind="flat", shards=2)).path
+    f = bad / "shard-00001" / "vectors.npy"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(IndexError_, match=r"could not load its shard: .*shard-00001: shard file is corrupt"):
+        ShardedIndex(bad)

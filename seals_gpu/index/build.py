@@ -106,35 +106,33 @@ def build_index(
         raise IndexError_(f"{out} already exists and is not empty; pass --force or choose another folder")
     n, d = store.num_rows, store.dim
     params = spec.resolve(n, d)
-    ids = store.read_ids()
-    check_unique_ids(ids, where=f"store {store.path}")
-    sorted_ids = np.sort(ids)
-    del ids
+    sorted_ids = store.read_ids()
+    sorted_ids.sort()  # in place: one 8-byte-per-row array
+    check_unique_ids(sorted_ids, where=f"store {store.path}")
     bounds = np.linspace(0, n, params["shards"] + 1).astype(np.int64)
     with atomic_dir(out) as tmp:
         shard_dirs = [tmp / f"shard-{s:05d}" for s in range(params["shards"])]
-        mms = []
         for s, sd in enumerate(shard_dirs):
             sd.mkdir()
             np.save(sd / "ids.npy", sorted_ids[bounds[s] : bounds[s + 1]])
-            mms.append(
-                np.lib.format.open_memmap(
-                    sd / "vectors.npy", mode="w+", dtype=np.float32, shape=(int(bounds[s + 1] - bounds[s]), d)
-                )
+            mm = np.lib.format.open_memmap(
+                sd / "vectors.npy", mode="w+", dtype=np.float32, shape=(int(bounds[s + 1] - bounds[s]), d)
             )
+            del mm
         bar, tick = _progress(n, "reading store", progress)
         for b in store.iter_batches():
             pos = np.searchsorted(sorted_ids, b.ids)
             shard_of = np.searchsorted(bounds, pos, side="right") - 1
             for s in np.unique(shard_of):
                 m = shard_of == s
-                mms[s][pos[m] - bounds[s]] = b.embeddings[m]
+                # Map the file for this batch only: every page a mapping touches counts in the process's
+                # resident memory until it is unmapped, and store order scatters rows over the whole file.
+                mm = np.load(shard_dirs[s] / "vectors.npy", mmap_mode="r+")
+                mm[pos[m] - bounds[s]] = b.embeddings[m]
+                del mm
             tick(b.ids.size)
         if bar is not None:
             bar.close()
-        for mm in mms:
-            mm.flush()
-        del mms
         trained = None
         if params["kind"] == "ivfpq":
             trained = _train(shard_dirs, bounds, params)
@@ -170,9 +168,36 @@ def _train(shard_dirs: list[Path], bounds: np.ndarray, params: dict[str, Any]) -
     for s, sd in enumerate(shard_dirs):
         sel = take[(take >= bounds[s]) & (take < bounds[s + 1])] - bounds[s]
         if sel.size:
-            parts.append(np.load(sd / "vectors.npy", mmap_mode="r")[sel])
+            parts.append(_RowReader(sd / "vectors.npy")[sel])
     sample = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     return train_ivfpq(sample, nlist=params["nlist"], pq_m=params["pq_m"], seed=params["seed"])
+
+
+class _RowReader:
+    """Read-only rows of a 2-D ``.npy`` file, each read through its own short-lived memory map.
+
+    Streaming through one long-lived memmap would leave every page it touched resident (counted in the
+    process's RSS) until the end: all of ``vectors.npy``. Here resident memory stays bounded by one read,
+    and reads of sorted row positions go block by block.
+    """
+
+    def __init__(self, path: Path, block_rows: int = 65_536):
+        self.path = Path(path)
+        self.block_rows = block_rows
+        mm = np.load(self.path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = mm.shape, mm.dtype, mm.ndim
+        del mm
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, np.ndarray) and key.ndim == 1 and key.size > self.block_rows:
+            return np.concatenate([self[key[s : s + self.block_rows]] for s in range(0, key.size, self.block_rows)])
+        mm = np.load(self.path, mmap_mode="r")
+        out = np.array(mm[key])  # a copy: the mapping (and its resident pages) goes away with ``mm``
+        del mm
+        return out
 
 
 def fill_shard(shard_dir: str | os.PathLike[str], kind: str, trained_path: str | None, progress=None) -> None:
@@ -182,7 +207,7 @@ def fill_shard(shard_dir: str | os.PathLike[str], kind: str, trained_path: str |
     if kind != "ivfpq":
         return
     ids = np.load(shard_dir / "ids.npy")
-    vectors = np.load(shard_dir / "vectors.npy", mmap_mode="r")
+    vectors = _RowReader(shard_dir / "vectors.npy")
     trained = faiss.read_index(str(trained_path))
     shard = IndexShard.build(ids, vectors, kind=kind, trained=trained, progress=progress)
     faiss.write_index(shard.index, str(shard_dir / "index.faiss.tmp"))
