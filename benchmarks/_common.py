@@ -330,7 +330,9 @@ def print_table(
     ]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(s.rjust(w) if num else s.ljust(w) for s, w, num in zip(cells, widths, numeric))
+        return "  ".join(
+            s.rjust(w) if num else s.ljust(w) for s, w, num in zip(cells, widths, numeric, strict=True)
+        )
 
     out = []
     if title:
@@ -451,8 +453,8 @@ def in_memory_graph(ids: np.ndarray, sims: np.ndarray, nbrs: np.ndarray, k: int)
         Path("<in-memory benchmark graph>"),
         header,
         np.asarray(ids, np.int64)[order],
-        np.ascontiguousarray(I[order]),
-        np.ascontiguousarray(D[order]),
+        np.ascontiguousarray(nbrs[order]),
+        np.ascontiguousarray(sims[order]),
     )
 
 

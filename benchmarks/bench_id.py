@@ -73,9 +73,9 @@ def run_size(n: int, X: np.ndarray, cluster: np.ndarray, args, choice) -> list[d
     cand_sum = Xc.astype(np.float64).sum(axis=0)
     ref_all = torch.from_numpy((cand_sum / cand.size)[None].astype(np.float32)).to(dev)
     # SEALS pool: the exact kNN of the labeled set
-    _, I = backend.search(Xn[lab_ids], K, exclude_ids=lab_ids)
+    _, nbrs = backend.search(Xn[lab_ids], K, exclude_ids=lab_ids)
     pool = CandidatePool.empty()
-    pool.grow(I.ravel(), lab_ids)
+    pool.grow(nbrs.ravel(), lab_ids)
     ref_pool = torch.from_numpy((Xn[pool.ids].astype(np.float64).mean(axis=0))[None].astype(np.float32)).to(
         dev
     )

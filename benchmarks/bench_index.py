@@ -97,9 +97,9 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ queries
-def recall_at_k(I: np.ndarray, I_ref: np.ndarray) -> float:
-    hits = [np.intersect1d(a[a >= 0], b[b >= 0]).size for a, b in zip(I, I_ref)]
-    return float(np.mean(hits)) / I_ref.shape[1]
+def recall_at_k(found: np.ndarray, ref: np.ndarray) -> float:
+    hits = [np.intersect1d(a[a >= 0], b[b >= 0]).size for a, b in zip(found, ref, strict=True)]
+    return float(np.mean(hits)) / ref.shape[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,7 +93,9 @@ def neighbor_rows(index, X: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.nda
     return np.concatenate(Ds), np.concatenate(Is)
 
 
-def grow_all(pools: list[CandidatePool], labs, new: list[np.ndarray], rows_of: dict[int, int], nbrs: np.ndarray):
+def grow_all(
+    pools: list[CandidatePool], labs, new: list[np.ndarray], rows_of: dict[int, int], nbrs: np.ndarray
+):
     """The driver's expand step: P_c = P_c U N(new_c) - L_c, for every concept."""
     for c, pool in enumerate(pools):
         nb = nbrs[[rows_of[i] for i in new[c].tolist()]].ravel() if new[c].size else np.empty(0, np.int64)
@@ -133,13 +135,25 @@ def run_size(
 
     rows: list[dict[str, Any]] = []
     for C in args.concepts:
-        rows.extend(measure(C, n, Xn, labs_all, base_pools, (lab_union, D_lab, I_lab),
-                            (backend, ivf_backend, ivf_idx), args, dev))
+        rows.extend(
+            measure(
+                C,
+                n,
+                Xn,
+                labs_all,
+                base_pools,
+                (lab_union, D_lab, I_lab),
+                (backend, ivf_backend, ivf_idx),
+                args,
+                dev,
+            )
+        )
     return rows
 
 
-def measure(C: int, n: int, Xn: np.ndarray, labs_all, base_pools: list[CandidatePool], lab_table, indexes,
-            args, dev) -> list[dict[str, Any]]:
+def measure(
+    C: int, n: int, Xn: np.ndarray, labs_all, base_pools: list[CandidatePool], lab_table, indexes, args, dev
+) -> list[dict[str, Any]]:
     """One round for the first ``C`` concepts at |U| = n, every method; returns 4 rows."""
     lab_union, D_lab, I_lab = lab_table
     backend, ivf_backend, ivf_idx = indexes
@@ -263,7 +277,6 @@ def measure(C: int, n: int, Xn: np.ndarray, labs_all, base_pools: list[Candidate
             flush=True,
         )
     return rows
-
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

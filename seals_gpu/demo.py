@@ -68,7 +68,9 @@ def run_demo(out: str | os.PathLike[str], *, synthetic: bool = False, device: st
     from .driver import run
     from .report import report
 
-    log = (lambda *m: print(*m, file=sys.stderr))
+    def log(*m: object) -> None:
+        print(*m, file=sys.stderr)
+
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)

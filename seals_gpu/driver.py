@@ -570,7 +570,7 @@ class Run:
         self.already_finished = False
         try:
             if resume and (self.out / "config.json").exists():
-                self._check_resume_config()
+                check_resume(self.out, cfg)
                 _remove_stale_temporaries(self.out)
             if resume and (self.out / CHECKPOINT).exists():
                 self._restore()
@@ -584,26 +584,6 @@ class Run:
             self._loop()
         finally:
             lock.release()
-
-    def _check_resume_config(self) -> None:
-        """--resume must use the settings (and the store) the run started with."""
-        path = self.out / "config.json"
-        try:
-            old = RunConfig.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError, SealsError) as e:
-            raise RunDirError(f"{path} is unreadable ({e}); delete {self.out} and start again") from None
-        diff = old.same_selections_as(self.config)
-        if "store_fingerprint" in diff:
-            raise RunDirError(
-                f"--resume: store {self.config.store} has fingerprint {self.config.store_fingerprint}, but the run "
-                f"in {self.out} started on {old.store} with {old.store_fingerprint}; resume with the original "
-                "store or pick a new --out"
-            )
-        if diff:
-            raise RunDirError(
-                f"--resume with a different configuration ({', '.join(diff)} changed) than the run "
-                f"in {self.out}; rerun with the original settings or pick a new --out"
-            )
 
     def _loop(self) -> None:
         cfg = self.config
@@ -645,6 +625,35 @@ class Run:
                 bar.update(1)
         if bar is not None:
             bar.close()
+
+
+def check_resume(out: Path, cfg: RunConfig) -> None:
+    """--resume must use the settings (and the store) the run started with, and find a readable checkpoint.
+    Reads only: a refused resume changes nothing."""
+    path = out / "config.json"
+    try:
+        old = RunConfig.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, SealsError) as e:
+        raise RunDirError(f"{path} is unreadable ({e}); delete {out} and start again") from None
+    diff = old.same_selections_as(cfg)
+    if "store_fingerprint" in diff:
+        raise RunDirError(
+            f"--resume: store {cfg.store} has fingerprint {cfg.store_fingerprint}, but the run in {out} "
+            f"started on {old.store} with {old.store_fingerprint}; resume with the original store or pick a "
+            "new --out"
+        )
+    if diff:
+        raise RunDirError(
+            f"--resume with a different configuration ({', '.join(diff)} changed) than the run "
+            f"in {out}; rerun with the original settings or pick a new --out"
+        )
+    ckpt = out / CHECKPOINT
+    if ckpt.exists():
+        try:
+            with np.load(ckpt, allow_pickle=False) as z:
+                z["round"]
+        except (OSError, ValueError, EOFError, KeyError) as e:
+            raise RunDirError(f"{ckpt} is unreadable ({e}); delete {out} and start again") from None
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -773,12 +782,19 @@ def run_from_args(a: Any) -> Run:
     if a.resume and not (out / "config.json").exists() and not (out / ".lock").exists():
         # (a folder holding only .lock is a run killed before it wrote anything: --resume starts it over)
         raise RunDirError(f"--resume: {out} holds no run (no config.json); drop --resume to start one")
+    if a.resume and (out / "config.json").exists():
+        check_resume(out, cfg)
     use_ray = getattr(a, "ray", False) or getattr(a, "ray_address", None) or os.environ.get("RAY_ADDRESS")
-    log = (lambda *m: print(*m, file=sys.stderr))
-    log(f"device: {dev.reason}; scoring: "
-        f"{'fused CUDA kernels' if dev.kind == 'cuda' and dev.has_cupy else 'torch reference'}")
-    log(f"{len(concepts)} concept(s) x {len(strategies)} strateg(ies) x {len(modes)} mode(s); "
-        f"{cfg.n_rounds} rounds of {cfg.batch} after a seed set of {cfg.seed_size}")
+    def log(*m: object) -> None:
+        print(*m, file=sys.stderr)
+
+
+    def announce() -> None:  # once every check has passed, so that a refused run prints only its error
+        log(f"device: {dev.reason}; scoring: "
+            f"{'fused CUDA kernels' if dev.kind == 'cuda' and dev.has_cupy else 'torch reference'}")
+        log(f"{len(concepts)} concept(s) x {len(strategies)} strateg(ies) x {len(modes)} mode(s); "
+            f"{cfg.n_rounds} rounds of {cfg.batch} after a seed set of {cfg.seed_size}")
+
     if use_ray:
         if index is None:
             raise ConfigError("--ray needs --index (a built, possibly sharded, index folder)")
@@ -788,10 +804,12 @@ def run_from_args(a: Any) -> Run:
             backend = RayBackend(a.index, excluded=np.sort(ids[is_test]), device=dev)
             r = Run(cfg, out, store=store, index=index, backend=backend, graph=graph, device=dev,
                     progress=not a.quiet, log=log)
+            announce()
             r.start(resume=a.resume)
             backend.close()
     else:
         r = Run(cfg, out, store=store, index=index, graph=graph, device=dev, progress=not a.quiet, log=log)
+        announce()
         log(f"search: {'kNN graph lookup' if graph is not None else r.backend.search_path}")
         r.start(resume=a.resume)
     if a.full_supervision and not (r.already_finished and _has_full_supervision(out)):

@@ -113,7 +113,7 @@ def test_seals_matches_all_and_beats_random(synth, tmp_path):
     m = pq.read_table(tmp_path / "r" / "metrics.parquet").to_pydict()
     last = max(m["round"])
     final = {}
-    for c, s, mo, rr, ap, rec in zip(m["concept"], m["strategy"], m["mode"], m["round"], m["test_ap"], m["recall"]):
+    for _c, s, mo, rr, ap, rec in zip(m["concept"], m["strategy"], m["mode"], m["round"], m["test_ap"], m["recall"]):
         if rr == last:
             final.setdefault((s, mo), []).append((ap, rec))
     mean = {k: np.mean(v, axis=0) for k, v in final.items()}

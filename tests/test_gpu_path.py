@@ -13,8 +13,6 @@ from seals_gpu.errors import ConfigError
 from seals_gpu.synth import make_synthetic_store
 
 
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_and_cuda_select_the_same(tmp_path):

@@ -146,6 +146,6 @@ def test_merge_neighbors_is_global_topk_and_order_free(nshards, per, k, seed):
     np.testing.assert_array_equal(I, I2)
     for q in range(nq):
         cand = sorted(
-            ((-sims[s, q, j], int(all_ids[s, j])) for s in range(nshards) for j in range(per)))[:k]
+            (-sims[s, q, j], int(all_ids[s, j])) for s in range(nshards) for j in range(per))[:k]
         expect = [i for _, i in cand] + [-1] * (k - len(cand))
         assert I[q].tolist() == expect
