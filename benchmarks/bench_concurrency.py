@@ -7,14 +7,15 @@ exact flat index and its precomputed kNN graph (``seals_gpu.graph.build_graph``,
 SEALS) is brought to round 3 by its own loop (|L| = 400 per concept), then rounds 4, 5, 6 are timed piece by
 piece exactly as ``Run._loop`` runs them: select (``Run._select``), label (``Run._add_labels``), expand
 (``Run._expand``: graph lookups and pool growth) and fit (``Run._fit``: one batched logistic solve); the
-per-round median is reported. The one-at-a-time baseline does the same with one Run per concept; for large C it
+per-round median is reported. Each batched round is followed by the same round of every one-at-a-time run,
+so load drifts on a shared machine hit both alike. The one-at-a-time baseline does the same with one Run per concept; for large C it
 times a sample of the concepts and scales the mean (column ``singles_timed``). Checkpointing, test AP and
 metrics (``Run._record``) are left out of both.
 
 Target: batched >= 20x the one-at-a-time rate at C = 64 (CPU).
 
-    python benchmarks/bench_concurrency.py --quick
-    python benchmarks/bench_concurrency.py --n 100000 --concepts 1,8,64,256
+    python benchmarks/bench_concurrency.py --quick          # C = 1, 8, 64
+    python benchmarks/bench_concurrency.py                  # C = 1, 8, 64, 256
 """
 
 from __future__ import annotations
@@ -86,38 +87,37 @@ def make_run(
     return r
 
 
-def timed_rounds(r: Run, n_rounds: int) -> dict[str, float]:
-    """Median seconds per piece over ``n_rounds`` further rounds, run as Run._loop runs them."""
-    pieces: dict[str, list[float]] = {"select": [], "label": [], "expand": [], "fit": [], "round": []}
-    for _ in range(n_rounds):
-        rno = r.round + 1
-        t0 = time.perf_counter()
-        chosen, _ = r._select(B)
-        t1 = time.perf_counter()
-        for u in r.units:
-            r._add_labels(u, chosen[u.index], rno)
-        t2 = time.perf_counter()
-        r._expand(chosen)
-        t3 = time.perf_counter()
-        r._fit()
-        t4 = time.perf_counter()
-        r.round = rno
-        for k, v in (
-            ("select", t1 - t0),
-            ("label", t2 - t1),
-            ("expand", t3 - t2),
-            ("fit", t4 - t3),
-            ("round", t4 - t0),
-        ):
-            pieces[k].append(v)
-    return {k: statistics.median(v) for k, v in pieces.items()}
+def one_round(r: Run) -> dict[str, float]:
+    """Seconds per piece of one more round, run as Run._loop runs it (without _record/_checkpoint)."""
+    rno = r.round + 1
+    t0 = time.perf_counter()
+    chosen, _ = r._select(B)
+    t1 = time.perf_counter()
+    for u in r.units:
+        r._add_labels(u, chosen[u.index], rno)
+    t2 = time.perf_counter()
+    r._expand(chosen)
+    t3 = time.perf_counter()
+    r._fit()
+    t4 = time.perf_counter()
+    r.round = rno
+    return {"select": t1 - t0, "label": t2 - t1, "expand": t3 - t2, "fit": t4 - t3, "round": t4 - t0}
+
+
+def _median_pieces(samples: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cm.make_parser(NAME, __doc__)
-    p.add_argument("--n", type=int, default=None, help="store rows (default 100,000; --quick 50,000)")
+    p.add_argument("--n", type=int, default=None, help="store rows (default 50,000)")
     p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--concepts", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64, 256])
+    p.add_argument(
+        "--concepts",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="default 1,8,64,256; --quick 1,8,64",
+    )
     p.add_argument(
         "--singles",
         type=int,
@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, default=cm.OUT_DIR / "cache")
     args = p.parse_args(argv)
-    n = args.n or (50_000 if args.quick else 100_000)
+    n = args.n or 50_000
+    if args.concepts is None:
+        args.concepts = [1, 8, 64] if args.quick else [1, 8, 64, 256]
     rounds = args.repeats or 3
     n_singles = args.singles or (8 if args.quick else 16)
     strategies = tuple(args.strategies.split(","))
@@ -138,26 +140,32 @@ def main(argv: list[str] | None = None) -> int:
     store, index, graph = cached_inputs(n, args.dim, args.seed, args.cache)
     all_concepts = sorted(store.concept_counts())
     rows: list[dict[str, Any]] = []
-    single_cache: dict[Any, dict[str, float]] = {}
     rng = np.random.default_rng([args.seed, 5])
     with tempfile.TemporaryDirectory(prefix="bench_conc_") as tmp:
         for C in args.concepts:
             concepts = all_concepts[:C]
             t0 = time.perf_counter()
-            run = make_run(store, index, graph, concepts, dev, Path(tmp) / f"batched_{C}", strategies, modes)
-            batched = timed_rounds(run, rounds)
-            del run
             sample = (
                 concepts
                 if C <= n_singles
                 else [concepts[i] for i in sorted(rng.choice(C, size=n_singles, replace=False))]
             )
-            for c in sample:
-                if c not in single_cache:
-                    r1 = make_run(store, index, graph, [c], dev, Path(tmp) / f"single_{c}", strategies, modes)
-                    single_cache[c] = timed_rounds(r1, rounds)
-            singles = [single_cache[c] for c in sample]
-            seq = {k: C * statistics.mean(s[k] for s in singles) for k in batched}
+            run = make_run(store, index, graph, concepts, dev, Path(tmp) / f"batched_{C}", strategies, modes)
+            singles = [
+                make_run(store, index, graph, [c], dev, Path(tmp) / f"single_{C}_{c}", strategies, modes)
+                for c in sample
+            ]
+            # rounds interleaved (batched round, then each single's round), so load drifts hit both alike
+            b_samples: list[dict[str, float]] = []
+            s_samples: list[list[dict[str, float]]] = [[] for _ in singles]
+            for _ in range(rounds):
+                b_samples.append(one_round(run))
+                for j, r1 in enumerate(singles):
+                    s_samples[j].append(one_round(r1))
+            del run, singles
+            batched = _median_pieces(b_samples)
+            per_single = [_median_pieces(x) for x in s_samples]
+            seq = {k: C * statistics.mean(s[k] for s in per_single) for k in batched}
             row = {
                 "concepts": C,
                 "units": C * len(strategies) * len(modes),

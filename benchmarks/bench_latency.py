@@ -59,9 +59,10 @@ def labeled_sets(
     rng = np.random.default_rng([seed, 7])
     cl = cluster[:n_pool]
     sizes = np.bincount(cl, minlength=int(cluster.max()) + 1)
-    big = np.argsort(-sizes, kind="stable")[:n_concepts]
+    big = np.argsort(-sizes, kind="stable")[: min(n_concepts, int((sizes > 0).sum()))]
     out = []
-    for c in big:
+    for i in range(n_concepts):
+        c = big[i % big.size]  # more concepts than clusters: concepts share clusters (their draws differ)
         members = np.flatnonzero(cl == c)
         pos = rng.choice(members, size=min(N_POS, members.size), replace=False)
         rest = np.setdiff1d(np.arange(n_pool), pos)

@@ -12,7 +12,10 @@ so no problem is separable). Cases, measured in turn (interleaved) so that load 
   Hessian build), against the same sklearn warm fit.
 
 Also the largest |p_ours - p_sklearn| over every training row of every unit, against sklearn's default fit
-and against a tight one (tol 1e-10), which is the accuracy that matters. Target: >= 20x at U = 100.
+and against one asked for tol 1e-10 (first 20 units), and the sup-norm of each solution's gradient of the
+shared objective (``grad_*``, float64): which of the two is closer to the optimum. lbfgs stops on its own
+function-change test (ftol = 64 eps) long before tol 1e-10, so "tight" sklearn is not the exact optimum.
+Target: >= 20x at U = 100.
 
     python benchmarks/bench_learner.py --quick
     python benchmarks/bench_learner.py --units 100 --labels 2000 --dim 384
@@ -73,18 +76,29 @@ def sklearn_proba(models: list, X: np.ndarray) -> np.ndarray:
     return np.stack([m.predict_proba(X[u].astype(np.float64))[:, 1] for u, m in enumerate(models)])
 
 
+def grad_supnorm(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, C: float = 1.0) -> float:
+    """Sup-norm of the gradient of sklearn's objective 0.5|w|^2 + C sum log(1 + exp(-s z)) (float64)."""
+    x = X.astype(np.float64)
+    r = 1.0 / (1.0 + np.exp(-(x @ w + b))) - y
+    return float(np.abs(np.concatenate([w + C * (x.T @ r), [C * r.sum()]])).max())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = cm.make_parser(NAME, __doc__)
-    p.add_argument("--units", type=int, default=100)
-    p.add_argument("--labels", type=int, default=2000)
+    p.add_argument("--units", type=int, default=None, help="default 100; --quick 50")
+    p.add_argument("--labels", type=int, default=None, help="default 2000; --quick 1000")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--pos-frac", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    reps = args.repeats or (2 if args.quick else 5)
+    reps = args.repeats or (2 if args.quick else 3)
     choice = cm.resolve(args.device)
     dev = choice.torch_device
-    U, L, d = args.units, args.labels, args.dim
+    U, L, d = (
+        args.units or (50 if args.quick else 100),
+        args.labels or (1000 if args.quick else 2000),
+        args.dim,
+    )
     X, y = make_problems(U, L, d, args.pos_frac, args.seed)
     L0 = L - max(1, L // 20)  # the previous round: 95% of the labels
     Xt = torch.from_numpy(X).to(dev)
@@ -121,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             max_seconds=120,
             slow=2.0,
         )
-        tight = sklearn_fit(X, y, tol=1e-10)
+        n_tight = min(U, 20)  # the tight reference is slow: the first 20 units
+        tight = sklearn_fit(X[:n_tight], y[:n_tight], tol=1e-10)
     print(f"timed in {time.perf_counter() - t0:.0f}s", flush=True)
     Xd = torch.from_numpy(X).double()
-    p_tight = sklearn_proba(tight, X)
+    p_tight = sklearn_proba(tight, X[:n_tight])
     p_sk = sklearn_proba(t["sklearn_cold"]["result"], X)
     rows: list[dict[str, Any]] = []
     for case, ours, sk in (
@@ -149,7 +164,18 @@ def main(argv: list[str] | None = None) -> int:
                 "ours_ms_per_unit": 1e3 * t[ours]["median"] / U,
                 "newton_steps_mean": float(model.n_iter.float().mean()) if model.n_iter is not None else None,
                 "max_dp_vs_sklearn": float(np.abs(p_ours - p_sk).max()),
-                "max_dp_vs_sklearn_tight": float(np.abs(p_ours - p_tight).max()),
+                "max_dp_vs_sklearn_tight": float(np.abs(p_ours[:n_tight] - p_tight).max()),
+                "grad_ours": max(
+                    grad_supnorm(X[u], y[u], model.W[u].double().cpu().numpy(), float(model.b[u]))
+                    for u in range(n_tight)
+                ),
+                "grad_sklearn": max(
+                    grad_supnorm(X[u], y[u], m.coef_[0], float(m.intercept_[0]))
+                    for u, m in enumerate(t[sk]["result"][:n_tight])
+                ),
+                "grad_sklearn_tight": max(
+                    grad_supnorm(X[u], y[u], m.coef_[0], float(m.intercept_[0])) for u, m in enumerate(tight)
+                ),
                 "ours_times": t[ours]["times"],
                 "sklearn_times": t[sk]["times"],
             }
@@ -168,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             "newton_steps_mean",
             "max_dp_vs_sklearn",
             "max_dp_vs_sklearn_tight",
+            "grad_ours",
+            "grad_sklearn",
+            "grad_sklearn_tight",
         ],
         title="fit_logistic (one batched call) vs a scikit-learn loop (seconds, medians); target >= 20x",
     )

@@ -86,7 +86,9 @@ class PeakSampler:
 
 
 def _dir_bytes(path: Path, names: tuple[str, ...] | None = None) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and (names is None or p.name in names))
+    return sum(
+        p.stat().st_size for p in path.rglob("*") if p.is_file() and (names is None or p.name in names)
+    )
 
 
 def _child_result(t0: float, sampler: PeakSampler, **extra: Any) -> dict[str, Any]:
@@ -114,8 +116,9 @@ def child_build(p: dict[str, Any]) -> dict[str, Any]:
     with PeakSampler() as sampler:
         idx = build_index(Store(p["store"]), out, IndexSpec(kind=p["kind"], nlist=p.get("nlist")))
         d = idx.describe()
-    return _child_result(t0, sampler, baseline_rss=baseline, kind=d["kind"], params=d["params"],
-                         index_bytes=_dir_bytes(out))
+    return _child_result(
+        t0, sampler, baseline_rss=baseline, kind=d["kind"], params=d["params"], index_bytes=_dir_bytes(out)
+    )
 
 
 def child_run(p: dict[str, Any]) -> dict[str, Any]:
@@ -129,11 +132,27 @@ def child_run(p: dict[str, Any]) -> dict[str, Any]:
     store = Store(p["store"])
     t0 = time.perf_counter()
     with PeakSampler() as sampler:
-        r = run(store, out, concepts=p["concepts"], index=p["index"], device="cpu", strategies=("maxent",),
-                modes=("seals",), k=p["k"], batch=p["batch"], budget=p["budget"])
+        r = run(
+            store,
+            out,
+            concepts=p["concepts"],
+            index=p["index"],
+            device="cpu",
+            strategies=("maxent",),
+            modes=("seals",),
+            k=p["k"],
+            batch=p["batch"],
+            budget=p["budget"],
+        )
     pools = [len(u.pool) for u in r.units]
-    return _child_result(t0, sampler, baseline_rss=baseline, rounds=r.round, pool_max=max(pools),
-                         index_mapped=_dir_bytes(Path(p["index"]), ("ids.npy", "vectors.npy")))
+    return _child_result(
+        t0,
+        sampler,
+        baseline_rss=baseline,
+        rounds=r.round,
+        pool_max=max(pools),
+        index_mapped=_dir_bytes(Path(p["index"]), ("ids.npy", "vectors.npy")),
+    )
 
 
 def spawn(kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -152,8 +171,9 @@ def ensure_store(work: Path, n: int, dim: int, concepts: int) -> Path:
     path = work / f"store-{n}x{dim}"
     if not (path / "_concepts.parquet").exists():
         print(f"  generating {n:,} x {dim} synthetic store at {path} ...", flush=True)
-        make_synthetic_store(path, n=n, dim=dim, concepts=concepts, prevalence=(0.002, 0.005), seed=0,
-                             overwrite=True)
+        make_synthetic_store(
+            path, n=n, dim=dim, concepts=concepts, prevalence=(0.002, 0.005), seed=0, overwrite=True
+        )
     return path
 
 
@@ -173,32 +193,60 @@ def _gb(x: int | float) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ["measurement", "rows", "kind", "seconds", "peak RSS", "peak anon", "peak file", "index mapped",
-            "peak - index"]
+    head = [
+        "measurement",
+        "rows",
+        "kind",
+        "seconds",
+        "peak RSS",
+        "peak anon",
+        "peak file",
+        "index mapped",
+        "peak - index",
+    ]
     body = []
     for r in rows:
         mapped = r.get("index_mapped")
-        body.append([
-            r["measurement"], f"{r['rows']:,}", r["kind"], f"{r['seconds']:.1f}", _gb(r["peak_rss"]),
-            _gb(r["peak_anon"]), _gb(r["peak_file"]), "-" if mapped is None else _gb(mapped),
-            "-" if mapped is None else _gb(r["peak_rss"] - mapped),
-        ])
+        body.append(
+            [
+                r["measurement"],
+                f"{r['rows']:,}",
+                r["kind"],
+                f"{r['seconds']:.1f}",
+                _gb(r["peak_rss"]),
+                _gb(r["peak_anon"]),
+                _gb(r["peak_file"]),
+                "-" if mapped is None else _gb(mapped),
+                "-" if mapped is None else _gb(r["peak_rss"] - mapped),
+            ]
+        )
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))) for b in body]
+    lines += [
+        "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths)))
+        for b in body
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (1M build, 200k/1M runs): a few minutes")
+    ap.add_argument(
+        "--quick", action="store_true", help="small sizes (1M build, 200k/1M runs): a few minutes"
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "memory.json")
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "out" / "memory_data")
-    ap.add_argument("--build-rows", type=int, default=None, help="rows of the build store (default 10M; quick 1M)")
+    ap.add_argument(
+        "--build-rows", type=int, default=None, help="rows of the build store (default 10M; quick 1M)"
+    )
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--build-kinds", default="flat,auto", help="index kinds to build (default flat,auto)")
-    ap.add_argument("--nlist", type=int, default=None, help="IVF lists for ivfpq/auto (default: the build's own)")
-    ap.add_argument("--run-rows", default=None, help="two store sizes for the SEALS run (default 200000,2000000)")
+    ap.add_argument(
+        "--nlist", type=int, default=None, help="IVF lists for ivfpq/auto (default: the build's own)"
+    )
+    ap.add_argument(
+        "--run-rows", default=None, help="two store sizes for the SEALS run (default 200000,2000000)"
+    )
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-run", action="store_true")
     ap.add_argument("--clean", action="store_true", help="delete the generated stores and indexes at the end")
@@ -213,14 +261,20 @@ def main(argv: list[str] | None = None) -> int:
     build_rows = a.build_rows or (1_000_000 if a.quick else 10_000_000)
     if a.quick and a.build_kinds == "flat,auto":
         a.build_kinds, a.nlist = "flat,ivfpq", a.nlist or 256  # at 1M rows auto is flat: show IVF-PQ too
-    run_rows = [int(x) for x in (a.run_rows or ("200000,1000000" if a.quick else "200000,2000000")).split(",")]
+    run_rows = [
+        int(x) for x in (a.run_rows or ("200000,1000000" if a.quick else "200000,2000000")).split(",")
+    ]
     a.work.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {
         "benchmark": "memory",
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB, 1)},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB, 1),
+        },
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "quick": a.quick,
     }
@@ -230,10 +284,21 @@ def main(argv: list[str] | None = None) -> int:
         builds = []
         for kind in [k.strip() for k in a.build_kinds.split(",") if k.strip()]:
             print(f"  measuring index build ({kind}) over {build_rows:,} x {a.dim} ...", flush=True)
-            r = spawn("build", {"store": str(store), "out": str(a.work / f"idx-{kind}-{build_rows}"), "kind": kind,
-                                "nlist": a.nlist})
-            r.update(measurement="index build", rows=build_rows, requested_kind=kind,
-                     under_4gb=r["peak_rss"] < BUILD_LIMIT_BYTES)
+            r = spawn(
+                "build",
+                {
+                    "store": str(store),
+                    "out": str(a.work / f"idx-{kind}-{build_rows}"),
+                    "kind": kind,
+                    "nlist": a.nlist,
+                },
+            )
+            r.update(
+                measurement="index build",
+                rows=build_rows,
+                requested_kind=kind,
+                under_4gb=r["peak_rss"] < BUILD_LIMIT_BYTES,
+            )
             shutil.rmtree(a.work / f"idx-{kind}-{build_rows}", ignore_errors=True)
             builds.append(r)
             rows.append(r)
@@ -245,10 +310,24 @@ def main(argv: list[str] | None = None) -> int:
             store = ensure_store(a.work, n, a.dim, concepts=10)
             index = ensure_flat_index(a.work, store)
             print(f"  measuring a SEALS run over {n:,} rows ...", flush=True)
-            r = spawn("run", {"store": str(store), "index": str(index), "out": str(a.work / f"run-{n}"),
-                              "concepts": [0, 1, 2], "k": 100, "batch": 100, "budget": 600})
-            r.update(measurement="SEALS run", rows=n, kind="flat (mmap)",
-                     non_index_peak=r["peak_rss"] - r["index_mapped"])
+            r = spawn(
+                "run",
+                {
+                    "store": str(store),
+                    "index": str(index),
+                    "out": str(a.work / f"run-{n}"),
+                    "concepts": [0, 1, 2],
+                    "k": 100,
+                    "batch": 100,
+                    "budget": 600,
+                },
+            )
+            r.update(
+                measurement="SEALS run",
+                rows=n,
+                kind="flat (mmap)",
+                non_index_peak=r["peak_rss"] - r["index_mapped"],
+            )
             shutil.rmtree(a.work / f"run-{n}", ignore_errors=True)
             runs.append(r)
             rows.append(r)
@@ -270,13 +349,17 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     print()
     for b in result.get("build", []):
-        print(f"index build ({b['kind']}, {b['rows']:,} x {a.dim}): peak RSS {_gb(b['peak_rss'])} -> "
-              f"{'under' if b['under_4gb'] else 'OVER'} 4 GB")
+        print(
+            f"index build ({b['kind']}, {b['rows']:,} x {a.dim}): peak RSS {_gb(b['peak_rss'])} -> "
+            f"{'under' if b['under_4gb'] else 'OVER'} 4 GB"
+        )
     if "run_growth" in result:
         g = result["run_growth"]
-        print(f"SEALS run, {run_rows[0]:,} -> {run_rows[-1]:,} rows: peak RSS minus the index's mapped size grew "
-              f"{_gb(g['non_index_peak_growth_bytes'])} ({g['bytes_per_added_row']:.1f} bytes per added row; one "
-              f"embedding row is {g['embedding_row_bytes']} bytes) -> {'bounded' if g['bounded'] else 'GROWS'}")
+        print(
+            f"SEALS run, {run_rows[0]:,} -> {run_rows[-1]:,} rows: peak RSS minus the index's mapped size grew "
+            f"{_gb(g['non_index_peak_growth_bytes'])} ({g['bytes_per_added_row']:.1f} bytes per added row; one "
+            f"embedding row is {g['embedding_row_bytes']} bytes) -> {'bounded' if g['bounded'] else 'GROWS'}"
+        )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.out}")

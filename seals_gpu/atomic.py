@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import SealsError
+
 
 def _umask() -> int:
     old = os.umask(0o022)
@@ -22,12 +24,39 @@ def _umask() -> int:
     return old
 
 
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`SealsError` unless ``path`` could be created: its nearest existing ancestor must be a
+    folder this process may write to. Cheap; call it before long work whose output goes to ``path``."""
+    path = Path(path)
+    anc = path.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise SealsError(f"cannot write {path} ({anc} is not a folder); pick an output path in a folder you "
+                         "can write to")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise SealsError(f"cannot write {path} ({anc} is not writable); pick an output path in a folder you "
+                         "can write to")
+
+
+@contextlib.contextmanager
+def _writable(path: Path) -> Iterator[None]:
+    """An output whose folder cannot be created or written is a user error (one line), not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        check_writable(path)  # names the ancestor that is not a writable folder, when that is the cause
+        raise SealsError(f"cannot write {path} ({e.strerror or e}); pick an output path in a folder you can "
+                         "write to") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files owner-only; give the usual permissions
     tmp_path = Path(tmp)
@@ -44,8 +73,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp

@@ -156,8 +156,11 @@ def _version() -> str:
 
 # -------------------------------------------------------------------- commands
 def _cmd_store(a: argparse.Namespace) -> int:
+    from .atomic import check_writable
     from .store import Store, prevalence_range
 
+    if a.store_cmd in ("synth", "wordnet"):
+        check_writable(a.out)  # before any work (or progress bar) whose output would have nowhere to go
     if a.store_cmd == "synth":
         from .synth import make_synthetic_store
 
@@ -224,6 +227,9 @@ def _cmd_index(a: argparse.Namespace) -> int:
     from .index import IndexSpec, build_index, open_index
 
     if a.index_cmd == "build":
+        from .atomic import check_writable
+
+        check_writable(a.out)
         spec = IndexSpec(kind=a.kind, nlist=a.nlist, pq_m=a.pq_m, nprobe=a.nprobe, rerank=a.rerank, shards=a.shards)
         fill = None
         if a.ray:
@@ -243,7 +249,8 @@ def _cmd_index(a: argparse.Namespace) -> int:
     if a.index_cmd == "graph":
         from .graph import build_graph
 
-        out = build_graph(a.index, k=a.k, out=a.out, part_rows=a.part_rows, use_ray=a.ray,
+        out = build_graph(a.index, k=a.k, out=a.out, part_rows=a.part_rows,
+                          use_ray=a.ray or bool(os.environ.get("RAY_ADDRESS")),
                           ray_address=a.ray_address, progress=True)
         print(f"kNN graph (k={a.k}) written to {out}")
         return 0

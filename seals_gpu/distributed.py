@@ -161,9 +161,20 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
 
 
 # ------------------------------------------------------------------------------------------------- ray_fill
-def _fill_task(shard_dir: str, kind: str, trained_path: str | None) -> int:
+def _get(refs: Any, timeout: float | None = None) -> Any:
+    """``ray.get`` that re-raises a task's own :class:`SealsError` (one clear line, no remote traceback)."""
+    ray = _import_ray()
+    try:
+        return ray.get(refs, timeout=timeout)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, SealsError):
+            raise cause from None
+        raise
+
+
+def _fill_task(shard_dir: str, kind: str, trained_path: str | None) -> None:
     fill_shard(shard_dir, kind, trained_path)
-    return int(np.load(Path(shard_dir) / "ids.npy", mmap_mode="r").shape[0])
 
 
 def ray_fill(
@@ -184,7 +195,7 @@ def ray_fill(
         shard_dirs: the shard folders.
         params: the resolved build parameters (``params["kind"]``).
         trained_path: the trained empty IndexIVFPQ (ivfpq only).
-        progress: show a bar of rows added.
+        progress: show a bar of shards filled.
     """
     if params.get("kind") != "ivfpq":
         return
@@ -201,7 +212,7 @@ def ray_fill(
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)  # raises the task's own error (e.g. IndexError_) if it failed
+            _get(done)  # raises the task's own error (e.g. IndexError_) if it failed
             if bar is not None:
                 bar.update(len(done))
     finally:
@@ -216,22 +227,23 @@ def _as_params(params: SearchParams | dict[str, Any] | None) -> SearchParams:
     return SearchParams(nprobe=int(params.get("nprobe", 32)), rerank=int(params.get("rerank", 4)))
 
 
-def _topb_numpy(top: TopB) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return top.numpy()
-
-
 def _topb_from_numpy(parts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> TopB:
-    ids, scores, counts = parts
-    return TopB(
-        torch.from_numpy(np.array(ids)),
-        torch.from_numpy(np.array(scores)),
-        torch.from_numpy(np.array(counts)),
-    )
+    # np.array copies: arrays from Ray's object store are read-only, torch wants writeable memory
+    return TopB(*(torch.from_numpy(np.array(a)) for a in parts))
 
 
-def _units(W: Any, bias: Any, kind: Any, ref: Any) -> tuple[torch.Tensor, ...]:
-    t = [None if a is None else torch.as_tensor(a) for a in (W, bias, kind, ref)]
-    return tuple(t)  # type: ignore[return-value]
+def _merge_parts(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_units: int, b: int) -> TopB:
+    """Merge per-shard ``(ids, scores, counts)`` results with ``merge_topb`` (exact; any order)."""
+    result = TopB.empty(n_units, int(b))
+    for i, part in enumerate(parts):
+        top = _topb_from_numpy(part)
+        result = top if i == 0 else merge_topb(result, top, b)
+    return result
+
+
+def _units(W: Any, bias: Any, kind: Any, ref: Any) -> tuple[torch.Tensor | None, ...]:
+    """Per-unit model arrays (numpy from the driver) as CPU tensors; None stays None."""
+    return tuple(None if a is None else torch.as_tensor(a) for a in (W, bias, kind, ref))
 
 
 class ShardServer:
@@ -404,7 +416,7 @@ class ShardServer:
         ids = np.asarray(ids, dtype=np.int64)
         offsets = np.asarray(offsets, dtype=np.int64)
         top = self.backend.score_pool(ids, offsets, W, bias, kind, ref, beta, b)
-        return _topb_numpy(top)
+        return top.numpy()
 
     def score_all(
         self,
@@ -419,7 +431,7 @@ class ShardServer:
         """All mode over this shard's candidates, each unit skipping its ``exclude`` ids."""
         W, bias, kind, ref = _units(W, bias, kind, ref)
         top = self.backend.score_all(exclude, W, bias, kind, ref, beta, b)
-        return _topb_numpy(top)
+        return top.numpy()
 
     def logits(self, ids: np.ndarray, W: Any, bias: Any) -> np.ndarray:
         """``X[ids] @ W.T + bias`` as float32 (n, U), for ids this shard owns."""
@@ -528,8 +540,8 @@ class ShardedIndex:
         self.ntotal: int = int(m["ntotal"])
         self.store_fingerprint: str = m["store"]["fingerprint"]
         self.n_shards = len(m["shards"])
-        self._id_min = np.array([s["id_min"] for s in m["shards"]], dtype=np.int64)
-        self._id_max = np.array([s["id_max"] for s in m["shards"]], dtype=np.int64)
+        self.id_min = np.array([s["id_min"] for s in m["shards"]], dtype=np.int64)
+        self.id_max = np.array([s["id_max"] for s in m["shards"]], dtype=np.int64)
         self._sizes = np.array([s["n"] for s in m["shards"]], dtype=np.int64)
         p = m.get("params", {})
         self.params = params or SearchParams(nprobe=int(p.get("nprobe", 32)), rerank=int(p.get("rerank", 4)))
@@ -559,8 +571,8 @@ class ShardedIndex:
         }
         self._make = []
         for s in range(self.n_shards):
-            lo = np.searchsorted(excl, self._id_min[s], side="left")
-            hi = np.searchsorted(excl, self._id_max[s], side="right")
+            lo = np.searchsorted(excl, self.id_min[s], side="left")
+            hi = np.searchsorted(excl, self.id_max[s], side="right")
             self._make.append(self._actor_factory(s, options, {**common, "excluded": excl[lo:hi]}))
         self.actors = [make() for make in self._make]
         try:
@@ -590,28 +602,21 @@ class ShardedIndex:
     # ------------------------------------------------------------------ calls with retries
     def call(self, submit: Callable[[], list[Any]], *, timeout: float | None = None) -> list[Any]:
         """Submit calls (``submit()`` returns object refs) and get them, resubmitting after actor failures."""
-        ray = _import_ray()
         import ray.exceptions as rex
 
         errors = _retryable_errors()
         attempt = 0
         while True:
             try:
-                return ray.get(submit(), timeout=timeout)
-            except rex.RayTaskError as e:  # the call itself failed: show the shard's own error, not Ray's
-                cause = getattr(e, "cause", None)
-                if isinstance(cause, SealsError):
-                    raise cause from None
-                raise
+                return _get(submit(), timeout=timeout)
             except rex.GetTimeoutError:
                 raise ConfigError(
                     f"the shard actors of {self.path} did not answer within {timeout:.0f}s; check `ray status` "
                     "for free CPUs/GPUs and memory, and that every node sees the index folder"
                 ) from None
             except errors as e:
-                if getattr(
-                    e, "actor_init_failed", False
-                ):  # __init__ raised: a restart would fail the same way
+                # __init__ raised (a missing or corrupt shard): a restart would fail the same way
+                if getattr(e, "actor_init_failed", False):
                     raise IndexError_(
                         f"a shard actor of {self.path} could not load its shard: {_last_error_line(e)}"
                     ) from None
@@ -636,8 +641,15 @@ class ShardedIndex:
                 ray.get(a.pid.remote(), timeout=self.fault.ready_timeout_s)
             except died:
                 self.actors[s] = self._make[s]()
-            except Exception:  # noqa: BLE001 - still restarting or unreachable: the next try will tell
+            except Exception:  # still restarting or unreachable: the next try will tell
                 pass
+
+    def gather(self, refs: list[Any], resubmit: Callable[[], list[Any]]) -> list[Any]:
+        """Get calls submitted earlier (pipelined); if an actor died meanwhile, go through :meth:`call`."""
+        try:
+            return _get(refs)
+        except _retryable_errors():
+            return self.call(resubmit)
 
     def each(self, method: str, args_of: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
         """Call ``method`` on the shards in ``args_of`` in parallel; results by shard."""
@@ -648,7 +660,7 @@ class ShardedIndex:
     # ------------------------------------------------------------------ LocalIndex interface
     def shard_of(self, ids: np.ndarray) -> np.ndarray:
         """Owner shard of each id by the manifest's id ranges (``n_shards`` for ids above every range)."""
-        return np.searchsorted(self._id_max, np.asarray(ids, dtype=np.int64), side="left")
+        return np.searchsorted(self.id_max, np.asarray(ids, dtype=np.int64), side="left")
 
     def owners(self, ids: np.ndarray) -> np.ndarray:
         owner = self.shard_of(ids)
@@ -670,9 +682,14 @@ class ShardedIndex:
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         if not np.isfinite(xq).all():
             raise IndexError_("queries contain NaN or inf; pass finite, l2-normalised vectors")
-        xq_ref = ray.put(xq)
-        ex_ref = ray.put(None if exclude_ids is None else np.asarray(exclude_ids, dtype=np.int64))
-        parts = self.call(lambda: [a.search.remote(xq_ref, k, ex_ref) for a in self.actors])
+        ex = None if exclude_ids is None else np.asarray(exclude_ids, dtype=np.int64)
+
+        def submit() -> list[Any]:
+            # put once per try, shared by every shard (a retry after a node loss puts them again)
+            xq_ref, ex_ref = ray.put(xq), ray.put(ex)
+            return [a.search.remote(xq_ref, k, ex_ref) for a in self.actors]
+
+        parts = self.call(submit)
         return parts[0] if len(parts) == 1 else merge_neighbors(parts, k)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
@@ -849,21 +866,17 @@ class RayBackend:
         offsets = np.asarray(offsets, dtype=np.int64)
         U = int(offsets.size - 1)
         owner = self.index.owners(ids)
-        units = [ray.put(_host(t)) for t in (W, bias, kind, ref)]
-        args: dict[int, tuple[Any, ...]] = {}
+        units = tuple(_host(t) for t in (W, bias, kind, ref))
+        csr: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for s in np.unique(owner).tolist():
             m = owner == s
-            sids, soff = (ids, offsets) if m.all() else sub_csr(ids, offsets, m)
-            args[s] = (sids, soff)
+            csr[s] = (ids, offsets) if m.all() else sub_csr(ids, offsets, m)
 
         def submit() -> list[Any]:
-            return [self.index.actors[s].score_pool.remote(*args[s], *units, beta, b) for s in sorted(args)]
+            unit_refs = [ray.put(t) for t in units]  # once for every shard
+            return [self.index.actors[s].score_pool.remote(*csr[s], *unit_refs, beta, b) for s in sorted(csr)]
 
-        result: TopB | None = None
-        for part in self.index.call(submit):
-            top = _topb_from_numpy(part)
-            result = top if result is None else merge_topb(result, top, b)
-        return result if result is not None else TopB.empty(U, int(b))
+        return _merge_parts(self.index.call(submit), U, b)
 
     def score_all(
         self,
@@ -877,27 +890,21 @@ class RayBackend:
     ) -> TopB:
         """All mode: every actor streams its own candidates; the per-shard top-b are merged here."""
         ray = _import_ray()
-        units = [ray.put(_host(t)) for t in (W, bias, kind, ref)]
-        excl_refs = []
-        for s in range(self.index.n_shards):
-            lo, hi = self.index._id_min[s], self.index._id_max[s]
-            per = []
-            for e in exclude:
-                e = np.asarray(e, dtype=np.int64)
-                per.append(e[(e >= lo) & (e <= hi)])
-            excl_refs.append(ray.put(per))
+        units = tuple(_host(t) for t in (W, bias, kind, ref))
+        exclude = [np.asarray(e, dtype=np.int64) for e in exclude]
+        # each shard gets only the excluded ids in its id range
+        per_shard = [
+            [e[(e >= self.index.id_min[s]) & (e <= self.index.id_max[s])] for e in exclude]
+            for s in range(self.index.n_shards)
+        ]
 
         def submit() -> list[Any]:
+            unit_refs = [ray.put(t) for t in units]
             return [
-                a.score_all.remote(excl_refs[s], *units, beta, b) for s, a in enumerate(self.index.actors)
+                a.score_all.remote(per_shard[s], *unit_refs, beta, b) for s, a in enumerate(self.index.actors)
             ]
 
-        result: TopB | None = None
-        for part in self.index.call(submit):
-            top = _topb_from_numpy(part)
-            result = top if result is None else merge_topb(result, top, b)
-        assert result is not None  # at least one shard
-        return result
+        return _merge_parts(self.index.call(submit), int(W.shape[0]), b)
 
     def logits(self, ids: np.ndarray, W: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
         """``X[ids] @ W.T + bias`` as float32 (n, U), computed on the shards that own the ids."""

@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import time
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from .atomic import atomic_path, write_json, write_parquet
 from .backend import LocalBackend
 from .config import RunConfig, parse_list
 from .device import DeviceChoice, resolve_device
-from .errors import ConfigError, SealsError
+from .errors import ConfigError, IndexError_, SealsError
 from .index.build import LocalIndex
 from .learner import LogisticModel, fit_logistic
 from .metrics import average_precision
@@ -528,7 +529,7 @@ class Run:
         try:
             z = np.load(path, allow_pickle=False)
             arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
             raise RunDirError(f"{path} is unreadable ({e}); delete {self.out} and start again") from None
         if "config_json" in arrays:  # the checkpoint carries its own config (store fingerprint included)
             saved = RunConfig.from_json(json.loads(arrays["config_json"].tobytes().decode()))
@@ -564,6 +565,7 @@ class Run:
     def start(self, *, resume: bool = False) -> None:
         cfg = self.config
         lock = RunLock(self.out)
+        lock.check_free()  # "in use by pid N" before "not empty": the live holder is the real reason
         if not resume and self.out.exists() and any(p.name != ".lock" for p in self.out.iterdir()):
             raise RunDirError(f"{self.out} is not empty; pass --resume to continue that run or pick a new --out")
         lock.acquire()
@@ -652,7 +654,7 @@ def check_resume(out: Path, cfg: RunConfig) -> None:
         try:
             with np.load(ckpt, allow_pickle=False) as z:
                 z["round"]
-        except (OSError, ValueError, EOFError, KeyError) as e:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
             raise RunDirError(f"{ckpt} is unreadable ({e}); delete {out} and start again") from None
 
 
@@ -753,11 +755,21 @@ def run_from_args(a: Any) -> Run:
         concepts = sample_concepts(store, a.concepts_sample, prevalence_range(a.prevalence), a.seed,
                                    a.seed_positives, train_ids)
     dev = resolve_device(a.device)
+    use_ray = bool(getattr(a, "ray", False) or getattr(a, "ray_address", None) or os.environ.get("RAY_ADDRESS"))
     index = None
-    backend = None
     if a.index is not None:
-        index = LocalIndex.open(a.index)
-        index.check_store(store)
+        if use_ray:  # the shard actors open the shards; the driver only checks the manifest
+            from .index.build import read_manifest
+
+            fp = read_manifest(a.index)["store"]["fingerprint"]
+            if fp != store.fingerprint:
+                raise IndexError_(
+                    f"index {a.index} was built from a store with fingerprint {fp}, but {store.path} has "
+                    f"{store.fingerprint}; rebuild it with `seals-gpu index build {store.path} {a.index} --force`"
+                )
+        else:
+            index = LocalIndex.open(a.index)
+            index.check_store(store)
     graph = None
     if a.graph is not None:
         from .graph import KnnGraph
@@ -784,7 +796,7 @@ def run_from_args(a: Any) -> Run:
         raise RunDirError(f"--resume: {out} holds no run (no config.json); drop --resume to start one")
     if a.resume and (out / "config.json").exists():
         check_resume(out, cfg)
-    use_ray = getattr(a, "ray", False) or getattr(a, "ray_address", None) or os.environ.get("RAY_ADDRESS")
+
     def log(*m: object) -> None:
         print(*m, file=sys.stderr)
 
@@ -796,17 +808,15 @@ def run_from_args(a: Any) -> Run:
             f"{cfg.n_rounds} rounds of {cfg.batch} after a seed set of {cfg.seed_size}")
 
     if use_ray:
-        if index is None:
+        if a.index is None:
             raise ConfigError("--ray needs --index (a built, possibly sharded, index folder)")
         from .distributed import RayBackend, ray_session
 
-        with ray_session(a.ray_address):
-            backend = RayBackend(a.index, excluded=np.sort(ids[is_test]), device=dev)
-            r = Run(cfg, out, store=store, index=index, backend=backend, graph=graph, device=dev,
-                    progress=not a.quiet, log=log)
+        with ray_session(a.ray_address), RayBackend(a.index, excluded=np.sort(ids[is_test]), device=dev) as backend:
+            r = Run(cfg, out, store=store, backend=backend, graph=graph, device=dev, progress=not a.quiet, log=log)
             announce()
+            log("search and scoring: Ray shard actors")
             r.start(resume=a.resume)
-            backend.close()
     else:
         r = Run(cfg, out, store=store, index=index, graph=graph, device=dev, progress=not a.quiet, log=log)
         announce()

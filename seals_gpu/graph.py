@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = ["GRAPH_FORMAT", "KnnGraph", "build_graph"]
 
 GRAPH_FORMAT = "seals_gpu.graph/1"
 MANIFEST = "graph.json"
+_Finish = Callable[[dict[str, int], np.ndarray, np.ndarray, np.ndarray], None]
 _IN_FLIGHT_PER_SHARD = 2  # Ray: parts queued per actor, so every actor stays busy while the driver writes
 
 
@@ -108,7 +110,7 @@ def build_graph(
         part_rows: rows per part (the unit of work and of resume).
         use_ray: spread the parts over Ray shard actors (one per index shard); a part's queries start on
             the actor that owns them and only ids and similarities come back.
-        ray_address: the Ray cluster to join (else ``RAY_ADDRESS``, else a local Ray).
+        ray_address: the Ray cluster to join (implies ``use_ray``; else ``RAY_ADDRESS``, else a local Ray).
         progress: show a progress bar.
 
     Returns:
@@ -157,7 +159,7 @@ def build_graph(
             bar.update(p["stop"] - p["start"])
 
     try:
-        if use_ray or _is_sharded(index):
+        if use_ray or ray_address is not None or _is_sharded(index):
             _build_ray(index, index_path, todo, k, ray_address, finish)
         else:
             local = index if isinstance(index, LocalIndex) else LocalIndex.open(index_path)
@@ -169,7 +171,11 @@ def build_graph(
 
 
 def _is_sharded(index: Any) -> bool:
-    return type(index).__name__ == "ShardedIndex"
+    if isinstance(index, (str, os.PathLike, LocalIndex)):
+        return False
+    from .distributed import ShardedIndex
+
+    return isinstance(index, ShardedIndex)
 
 
 def _check_existing(out: Path, header: dict[str, Any]) -> None:
@@ -194,7 +200,7 @@ def _check_existing(out: Path, header: dict[str, Any]) -> None:
         )
 
 
-def _build_local(index: LocalIndex, todo: list[dict[str, int]], k: int, finish) -> None:
+def _build_local(index: LocalIndex, todo: list[dict[str, int]], k: int, finish: _Finish) -> None:
     for p in todo:
         shard = index.shards[p["shard"]]
         ids = np.asarray(shard.ids[p["start"] : p["stop"]], dtype=np.int64)
@@ -203,49 +209,42 @@ def _build_local(index: LocalIndex, todo: list[dict[str, int]], k: int, finish) 
         finish(p, ids, sims, nbrs)
 
 
-def _build_ray(index: Any, index_path: Path, todo: list[dict[str, int]], k: int, address, finish) -> None:
-    from .distributed import ShardedIndex, _retryable_errors, ray_session
+def _build_ray(
+    index: Any, index_path: Path, todo: list[dict[str, int]], k: int, address: str | None, finish: _Finish
+) -> None:
+    """Parts over the shard actors: the owner searches its own rows and passes their vectors (through
+    Ray's object store, not this process) to the other shards; only ids and similarities come back."""
+    from .distributed import ShardedIndex, ray_session
 
-    with ray_session(address) as ray:
+    with ray_session(address):
         own = _is_sharded(index)
         sidx: ShardedIndex = index if own else ShardedIndex(index_path)
+        n = sidx.n_shards
+
+        def submit(p: dict[str, int]) -> list[Any]:
+            actors, s = sidx.actors, p["shard"]
+            ids_r, xq_r, d_r, i_r = (
+                actors[s].graph_part.options(num_returns=4).remote(p["start"], p["stop"], k)
+            )
+            others = [actors[t].search.remote(xq_r, k, ids_r) for t in range(n) if t != s]
+            return [ids_r, d_r, i_r, *others]
+
+        def collect(p: dict[str, int], refs: list[Any]) -> None:
+            ids, d_own, i_own, *others = sidx.gather(refs, lambda: submit(p))
+            sims, nbrs = (d_own, i_own) if n == 1 else merge_neighbors([(d_own, i_own), *others], k)
+            finish(p, ids, sims, nbrs)
+
         try:
-            n = sidx.n_shards
-
-            def submit(p: dict[str, int]) -> list[Any]:
-                actors = sidx.actors
-                s = p["shard"]
-                ids_r, xq_r, d_r, i_r = (
-                    actors[s].graph_part.options(num_returns=4).remote(p["start"], p["stop"], k)
-                )
-                others = [actors[t].search.remote(xq_r, k, ids_r) for t in range(n) if t != s]
-                return [ids_r, d_r, i_r, *others]
-
-            def collect(p: dict[str, int], vals: list[Any]) -> None:
-                ids, d_own, i_own, *others = vals
-                sims, nbrs = (d_own, i_own) if n == 1 else merge_neighbors([(d_own, i_own), *others], k)
-                finish(p, ids, sims, nbrs)
-
-            window: collections.deque = collections.deque()
-            errors = _retryable_errors()
+            window: collections.deque[tuple[dict[str, int], list[Any]]] = collections.deque()
             for p in todo:
                 window.append((p, submit(p)))
                 if len(window) >= _IN_FLIGHT_PER_SHARD * n:
-                    _drain_one(ray, sidx, window, submit, collect, errors)
+                    collect(*window.popleft())
             while window:
-                _drain_one(ray, sidx, window, submit, collect, errors)
+                collect(*window.popleft())
         finally:
             if not own:
                 sidx.close()
-
-
-def _drain_one(ray, sidx, window, submit, collect, errors) -> None:
-    p, refs = window.popleft()
-    try:
-        vals = ray.get(refs)
-    except errors:
-        vals = sidx.call(lambda: submit(p))  # an actor died: resubmit this part with backoff
-    collect(p, vals)
 
 
 class KnnGraph:

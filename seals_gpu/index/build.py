@@ -64,6 +64,12 @@ class IndexSpec:
                         raise IndexError_(f"--{key.replace('_', '-')} {v} must be at least 1")
                     p[key] = int(v)
             p["nprobe"] = min(p["nprobe"], p["nlist"])
+            if d % p["pq_m"]:  # checked here, before the store is read, as well as in train_ivfpq
+                raise IndexError_(f"--pq-m {p['pq_m']} must divide the dimension {d}; try one of "
+                                  f"{[q for q in range(1, min(64, d) + 1) if d % q == 0][-4:]}")
+            if p["nlist"] > n:
+                raise IndexError_(f"--nlist {p['nlist']} needs at least {p['nlist']} training vectors, the store "
+                                  f"has {n}; lower --nlist or use --kind flat")
             p["train_size"] = int(self.train_size or min(n, max(65_536, 64 * p["nlist"])))
             p["seed"] = self.seed
             out.update(p)
