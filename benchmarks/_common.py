@@ -464,3 +464,13 @@ def fmt_n(n: float) -> str:
     e = int(math.floor(math.log10(n))) if n > 0 else 0
     m = n / 10**e
     return f"{m:g}e{e}" if e >= 4 and abs(m - round(m)) < 1e-9 else f"{int(n)}"
+
+
+def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """``rows`` as a GitHub-flavoured markdown table (same number formatting as :func:`print_table`)."""
+    out = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---:" if c != columns[0] else "---" for c in columns) + "|",
+    ]
+    out.extend("| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows)
+    return "\n".join(out)

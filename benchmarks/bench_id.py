@@ -19,7 +19,7 @@ expansion is measured in bench_latency. Where the pairwise form finishes, its se
 linear form's: they are the same mathematics, so the ids must agree apart from float ties (an id in one
 selection and not the other must score within 1e-6 relative of the b-th score in float64).
 
-    python benchmarks/bench_id.py --quick        # |U| = 3e4 (pairwise in full) and 1e5 (pairwise extrapolated)
+    python benchmarks/bench_id.py --quick        # |U| = 2e4 (pairwise in full) and 1e5 (pairwise extrapolated)
     python benchmarks/bench_id.py                # |U| = 1e5 (pairwise in full, ~3 min) and 1e6 (extrapolated)
 """
 
@@ -178,19 +178,19 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes",
         type=lambda s: [int(float(x)) for x in s.split(",")],
         default=None,
-        help="|U| (default 1e5,1e6; --quick 3e4,1e5)",
+        help="|U| (default 1e5,1e6; --quick 2e4,1e5)",
     )
     p.add_argument(
         "--pairwise-cap",
         type=float,
         default=None,
-        help="largest |U|^2 the pairwise form runs in full (default 1.1e10; --quick 1e9)",
+        help="largest |U|^2 the pairwise form runs in full (default 1.1e10; --quick 5e8)",
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    sizes = sorted(args.sizes or ([30_000, 100_000] if args.quick else [100_000, 1_000_000]))
+    sizes = sorted(args.sizes or ([20_000, 100_000] if args.quick else [100_000, 1_000_000]))
     if args.pairwise_cap is None:
-        args.pairwise_cap = 1e9 if args.quick else 1.1e10
+        args.pairwise_cap = 5e8 if args.quick else 1.1e10
     choice = cm.resolve(args.device)
     t0 = time.perf_counter()
     X, cluster = cm.clustered_vectors(sizes[-1], D, seed=args.seed)

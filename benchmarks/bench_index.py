@@ -213,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"{r['qps']:,.0f} QPS ({r['qps_x']:.1f}x exact)",
                         flush=True,
                     )
-                    if r["recall"] >= 0.995:
-                        break
+                    prev = [x for x in sweep[:-1] if x["nlist"] == nlist and x["rerank"] == rerank]
+                    if r["recall"] >= 0.995 or (prev and r["recall"] < prev[-1]["recall"] + 0.002):
+                        break  # accurate enough, or more probes no longer help
         # best settings: per (nlist, rerank), the fastest with recall >= 0.9 (else the most accurate)
         picks = []
         for nlist in nlists:

@@ -40,7 +40,7 @@ from typing import Any
 
 GB = 1024**3
 MB = 1024**2
-BUILD_LIMIT_BYTES = 4 * 10**9  # "under 4 GB"
+BUILD_LIMIT_BYTES = 4 * 10**9  # "under 4 GB" (decimal; the table prints binary GiB/MiB)
 STATUS_KEYS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
 
 
@@ -189,7 +189,7 @@ def ensure_flat_index(work: Path, store: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------ report
 def _gb(x: int | float) -> str:
-    return f"{x / GB:.2f} GB" if x >= GB else f"{x / MB:.0f} MB"
+    return f"{x / GB:.2f} GiB" if x >= GB else f"{x / MB:.0f} MiB"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

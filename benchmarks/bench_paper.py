@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "--wordnet-parquet", type=Path, default=None, help="embedded WordNet parquet to build the store"
     )
     p.add_argument("--store", type=Path, default=None, help="an already built WordNet store")
-    p.add_argument("--concepts", type=int, default=None, help="concepts per band (default 30; --quick 4)")
+    p.add_argument("--concepts", type=int, default=None, help="concepts per band (default 30; --quick 3)")
     p.add_argument("--bands", default="imagenet,openimages", help=f"any of {','.join(BANDS)}")
     p.add_argument("--strategies", default="maxent,mlp,id,random")
     p.add_argument("--modes", default="all,seals")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", type=Path, default=cm.OUT_DIR / "paper", help="where the run folders go")
     p.add_argument("--cache", type=Path, default=cm.OUT_DIR / "cache")
     args = p.parse_args(argv)
-    n_concepts = args.concepts or (4 if args.quick else 30)
+    n_concepts = args.concepts or (3 if args.quick else 30)
     budget = args.budget or (600 if args.quick else 2000)
     ks = [int(k) for k in args.k.split(",")]
     dev = cm.resolve(args.device)

@@ -11,7 +11,9 @@ G devices, each device running ceil(S / G) shards one after the other; d the emb
 d0 and scaled by d0 / d):
 
     |P|(L)          = min(N, rho * k * |L|)                   rho: measured unique-neighbour fraction
-    fit             = C * t_unit(d) * |L| / L0                 one batched solve on the driver's device
+    fit             = C * t_unit * (|L| / L0) * (d / d0)       one batched solve on the driver's device; t_unit
+                                                               from the fit measured nearest d (latency: d 128,
+                                                               |L| 500; learner: d 384, |L| 2000)
     search  IVF-PQ  = ceil(S/G) * C * b / QPS_ivf(N / S)       QPS_ivf(n) = QPS_ivf(n0) * sqrt(n0 / n)
             graph   = C * b * t_lookup                         (precomputed kNN graph: N * k * 12 bytes)
     select  SEALS   = ceil(S/G) * C * |P| / S / r_pool         r_pool: candidates scored+selected per second
@@ -98,6 +100,7 @@ def rates_from_json(args) -> dict[str, dict[str, Any]]:
         }
         rates["fit_unit_L500_d128"] = {
             "value": g["fit_s"] / C_max,
+            "L0": 500,
             "source": src,
             "d": 128,
             "unit": "s per unit at |L|=500 (warm)",
@@ -200,12 +203,18 @@ def measure_missing(rates: dict[str, dict[str, Any]]) -> None:
         }
 
 
+def fit_per_unit(rates: dict[str, dict[str, Any]], L: int, d: int) -> float:
+    """Seconds per unit of a warm refit: the measurement whose width is nearest ``d``, linear in |L| and d."""
+    cands = [r for r in (rates.get("t_unit"), rates.get("fit_unit_L500_d128")) if r is not None]
+    r = min(cands, key=lambda r: abs(math.log(d / r["d"])))
+    return r["value"] * (L / r.get("L0", 500)) * (d / r["d"])
+
+
 def round_time(
     rates, *, N: float, C: int, L: int, k: int, S: int, G: int, d: int, method: str
 ) -> dict[str, float]:
     per_dev = math.ceil(S / max(G, 1))
-    t_unit = rates["t_unit"]["value"] * (d / rates["t_unit"]["d"]) ** 2 * L / rates["t_unit"]["L0"]
-    fit = C * t_unit
+    fit = C * fit_per_unit(rates, L, d)
     dscale = d / 128
     if method == "all":
         return {"fit": fit, "search": 0.0, "select": per_dev * C * (N / S) / rates["r_all"]["value"] * dscale}
