@@ -66,9 +66,18 @@ class LocalBackend:
     def _shard_emb(self, s: int) -> torch.Tensor:
         if self._emb[s] is None:
             v = np.ascontiguousarray(self.index.shards[s].vectors, dtype=np.float32)
-            if isinstance(v, np.memmap) or not v.flags.writeable:
-                v = np.array(v)
-            self._emb[s] = torch.from_numpy(v).to(self.device.torch_device)
+            if self.device.kind == "cpu":
+                # on CPU the tensor reads the memory-mapped shard in place: a run's memory apart from the
+                # index stays flat in |U| (torch warns that the mapping is read-only; it is only read)
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    self._emb[s] = torch.from_numpy(v)
+            else:
+                if isinstance(v, np.memmap) or not v.flags.writeable:
+                    v = np.array(v)
+                self._emb[s] = torch.from_numpy(v).to(self.device.torch_device)
         return self._emb[s]  # type: ignore[return-value]
 
     @property
