@@ -32,11 +32,13 @@ def check_writable(path: str | os.PathLike[str]) -> None:
     while not anc.exists() and anc != anc.parent:
         anc = anc.parent
     if not anc.is_dir():
-        raise SealsError(f"cannot write {path} ({anc} is not a folder); pick an output path in a folder you "
-                         "can write to")
+        raise SealsError(
+            f"cannot write {path} ({anc} is not a folder); pick an output path in a folder you can write to"
+        )
     if not os.access(anc, os.W_OK | os.X_OK):
-        raise SealsError(f"cannot write {path} ({anc} is not writable); pick an output path in a folder you "
-                         "can write to")
+        raise SealsError(
+            f"cannot write {path} ({anc} is not writable); pick an output path in a folder you can write to"
+        )
 
 
 @contextlib.contextmanager
@@ -46,8 +48,9 @@ def _writable(path: Path) -> Iterator[None]:
         yield
     except OSError as e:
         check_writable(path)  # names the ancestor that is not a writable folder, when that is the cause
-        raise SealsError(f"cannot write {path} ({e.strerror or e}); pick an output path in a folder you can "
-                         "write to") from None
+        raise SealsError(
+            f"cannot write {path} ({e.strerror or e}); pick an output path in a folder you can write to"
+        ) from None
 
 
 @contextlib.contextmanager

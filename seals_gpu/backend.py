@@ -98,8 +98,9 @@ class LocalBackend:
 
             if self._gpu_search is None:
                 self._gpu_search = [
-                    TorchExactIndex(sh.ids, self._shard_emb(s), device=self.device.torch_device,
-                                    dtype=torch.float32)
+                    TorchExactIndex(
+                        sh.ids, self._shard_emb(s), device=self.device.torch_device, dtype=torch.float32
+                    )
                     for s, sh in enumerate(self.index.shards)
                 ]
             parts = [t.search(xq, k, exclude_ids=exclude_ids) for t in self._gpu_search]

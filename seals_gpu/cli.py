@@ -59,16 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--n", type=_positive_int, default=100_000, help="rows (default 100000)")
     sy.add_argument("--dim", type=_positive_int, default=128, help="embedding dimension (default 128)")
     sy.add_argument("--concepts", type=_nonneg_int, default=50, help="planted concepts (default 50)")
-    sy.add_argument("--prevalence", default="0.001:0.01", help="MIN:MAX fraction per concept (default 0.001:0.01)")
+    sy.add_argument(
+        "--prevalence", default="0.001:0.01", help="MIN:MAX fraction per concept (default 0.001:0.01)"
+    )
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--force", action="store_true", help="replace OUT if it exists")
     wn = ss.add_parser("wordnet", help="the WordNet-nouns store embedded with all-MiniLM-L6-v2")
     wn.add_argument("out", type=Path, help="folder to create")
-    wn.add_argument("--data-noun", type=Path, default=None,
-                    help="WordNet data.noun (default /usr/share/wordnet/data.noun from Debian's wordnet-base)")
-    wn.add_argument("--from-parquet", type=Path, default=None,
-                    help="import an already-embedded wordnet_noun_minilm.parquet (with its "
-                    "wordnet_noun_concepts.parquet beside it) instead of embedding")
+    wn.add_argument(
+        "--data-noun",
+        type=Path,
+        default=None,
+        help="WordNet data.noun (default /usr/share/wordnet/data.noun from Debian's wordnet-base)",
+    )
+    wn.add_argument(
+        "--from-parquet",
+        type=Path,
+        default=None,
+        help="import an already-embedded wordnet_noun_minilm.parquet (with its "
+        "wordnet_noun_concepts.parquet beside it) instead of embedding",
+    )
     wn.add_argument("--limit", type=_positive_int, default=None, help="only the first N synsets (for a try)")
     wn.add_argument("--batch-size", type=_positive_int, default=256)
     wn.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -84,13 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     ib = isub.add_parser("build", help="build an index folder from a store")
     ib.add_argument("store", type=Path)
     ib.add_argument("out", type=Path)
-    ib.add_argument("--kind", choices=["auto", "flat", "ivfpq"], default="auto",
-                    help="auto: flat (exact) up to 1M rows, IVF-PQ with exact re-rank above")
+    ib.add_argument(
+        "--kind",
+        choices=["auto", "flat", "ivfpq"],
+        default="auto",
+        help="auto: flat (exact) up to 1M rows, IVF-PQ with exact re-rank above",
+    )
     ib.add_argument("--nlist", type=_positive_int, default=None, help="IVF lists (default ~4*sqrt(n))")
     ib.add_argument("--pq-m", type=_positive_int, default=None, help="PQ sub-quantizers (must divide dim)")
     ib.add_argument("--nprobe", type=_positive_int, default=None, help="lists probed per query")
-    ib.add_argument("--rerank", type=_positive_int, default=None,
-                    help="IVF-PQ fetches RERANK*k candidates and re-ranks them exactly (default 4)")
+    ib.add_argument(
+        "--rerank",
+        type=_positive_int,
+        default=None,
+        help="IVF-PQ fetches RERANK*k candidates and re-ranks them exactly (default 4)",
+    )
     ib.add_argument("--shards", type=_positive_int, default=1, help="number of shards (default 1)")
     ib.add_argument("--ray", action="store_true", help="fill shards in parallel Ray tasks")
     ib.add_argument("--ray-address", default=None, help="join this Ray cluster (else RAY_ADDRESS or local)")
@@ -121,13 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run_args(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("store", type=Path)
     pr.add_argument("--out", type=Path, required=True, help="RUN_DIR for config, metrics, selections")
-    pr.add_argument("--index", type=Path, default=None,
-                    help="an index built from STORE (default: exact flat search built in memory)")
-    pr.add_argument("--graph", type=Path, default=None, help="a kNN graph from `index graph`: pools grow by lookup")
+    pr.add_argument(
+        "--index",
+        type=Path,
+        default=None,
+        help="an index built from STORE (default: exact flat search built in memory)",
+    )
+    pr.add_argument(
+        "--graph", type=Path, default=None, help="a kNN graph from `index graph`: pools grow by lookup"
+    )
     g = pr.add_mutually_exclusive_group(required=True)
     g.add_argument("--concepts", default=None, help="comma-separated concept ids or names")
-    g.add_argument("--concepts-sample", type=_positive_int, default=None,
-                   help="sample N concepts with prevalence in --prevalence")
+    g.add_argument(
+        "--concepts-sample",
+        type=_positive_int,
+        default=None,
+        help="sample N concepts with prevalence in --prevalence",
+    )
     pr.add_argument("--prevalence", default="0.001:0.01", help="MIN:MAX for --concepts-sample")
     pr.add_argument("--strategies", default="maxent,mlp,id,random")
     pr.add_argument("--modes", default="seals,all")
@@ -137,14 +165,19 @@ def _add_run_args(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--seed-positives", type=int, default=5)
     pr.add_argument("--seed-negatives", type=int, default=95)
     pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--C", dest="C", type=float, default=1.0, help="inverse L2 strength of the logistic model")
+    pr.add_argument(
+        "--C", dest="C", type=float, default=1.0, help="inverse L2 strength of the logistic model"
+    )
     pr.add_argument("--beta", type=float, default=1.0, help="information-density exponent")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     pr.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     pr.add_argument("--ray-address", default=None, help="join this Ray cluster (with a sharded --index)")
     pr.add_argument("--ray", action="store_true", help="serve --index from Ray shard actors")
-    pr.add_argument("--full-supervision", action="store_true",
-                    help="also record each concept's AP with every training label (reference line)")
+    pr.add_argument(
+        "--full-supervision",
+        action="store_true",
+        help="also record each concept's AP with every training label (reference line)",
+    )
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -165,8 +198,14 @@ def _cmd_store(a: argparse.Namespace) -> int:
         from .synth import make_synthetic_store
 
         store = make_synthetic_store(
-            a.out, n=a.n, dim=a.dim, concepts=a.concepts, prevalence=prevalence_range(a.prevalence),
-            seed=a.seed, overwrite=a.force, progress=True,
+            a.out,
+            n=a.n,
+            dim=a.dim,
+            concepts=a.concepts,
+            prevalence=prevalence_range(a.prevalence),
+            seed=a.seed,
+            overwrite=a.force,
+            progress=True,
         )
         print(f"wrote {store.num_rows} rows x {store.dim} dims, {a.concepts} concepts to {a.out}")
         return 0
@@ -178,7 +217,11 @@ def _cmd_store(a: argparse.Namespace) -> int:
             store = wordnet.import_reference_parquet(a.from_parquet, concepts, a.out, overwrite=a.force)
         else:
             store = wordnet.build_wordnet_store(
-                a.out, data_noun=a.data_noun, batch_size=a.batch_size, progress=True, overwrite=a.force,
+                a.out,
+                data_noun=a.data_noun,
+                batch_size=a.batch_size,
+                progress=True,
+                overwrite=a.force,
                 limit=a.limit,
             )
         print(f"wrote {store.num_rows} WordNet noun synsets x {store.dim} dims to {a.out}")
@@ -230,7 +273,9 @@ def _cmd_index(a: argparse.Namespace) -> int:
         from .atomic import check_writable
 
         check_writable(a.out)
-        spec = IndexSpec(kind=a.kind, nlist=a.nlist, pq_m=a.pq_m, nprobe=a.nprobe, rerank=a.rerank, shards=a.shards)
+        spec = IndexSpec(
+            kind=a.kind, nlist=a.nlist, pq_m=a.pq_m, nprobe=a.nprobe, rerank=a.rerank, shards=a.shards
+        )
         fill = None
         if a.ray:
             from .distributed import ray_fill, ray_session
@@ -240,8 +285,10 @@ def _cmd_index(a: argparse.Namespace) -> int:
         else:
             idx = build_index(a.store, a.out, spec, progress=True, overwrite=a.force, fill=fill)
         d = idx.describe()
-        print(f"built {d['kind']} index over {d['ntotal']:,} x {d['dim']} in {d['shards']} shard(s) at {a.out}"
-              + (f"; params {d['params']}" if d["params"] else ""))
+        print(
+            f"built {d['kind']} index over {d['ntotal']:,} x {d['dim']} in {d['shards']} shard(s) at {a.out}"
+            + (f"; params {d['params']}" if d["params"] else "")
+        )
         return 0
     if a.index_cmd == "info":
         print(json.dumps(open_index(a.index).describe(), indent=2))
@@ -249,9 +296,15 @@ def _cmd_index(a: argparse.Namespace) -> int:
     if a.index_cmd == "graph":
         from .graph import build_graph
 
-        out = build_graph(a.index, k=a.k, out=a.out, part_rows=a.part_rows,
-                          use_ray=a.ray or bool(os.environ.get("RAY_ADDRESS")),
-                          ray_address=a.ray_address, progress=True)
+        out = build_graph(
+            a.index,
+            k=a.k,
+            out=a.out,
+            part_rows=a.part_rows,
+            use_ray=a.ray or bool(os.environ.get("RAY_ADDRESS")),
+            ray_address=a.ray_address,
+            progress=True,
+        )
         print(f"kNN graph (k={a.k}) written to {out}")
         return 0
     raise AssertionError(a.index_cmd)
@@ -281,7 +334,13 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"store": _cmd_store, "index": _cmd_index, "run": _cmd_run, "report": _cmd_report, "demo": _cmd_demo}
+COMMANDS = {
+    "store": _cmd_store,
+    "index": _cmd_index,
+    "run": _cmd_run,
+    "report": _cmd_report,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

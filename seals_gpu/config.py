@@ -64,7 +64,9 @@ class RunConfig:
         if self.batch < 1:
             raise ConfigError(f"--batch {self.batch}: at least one label per round")
         if self.seed_positives < 1:
-            raise ConfigError(f"--seed-positives {self.seed_positives}: the seed set needs at least one positive")
+            raise ConfigError(
+                f"--seed-positives {self.seed_positives}: the seed set needs at least one positive"
+            )
         if self.seed_negatives < 0:
             raise ConfigError(f"--seed-negatives {self.seed_negatives} must be 0 or more")
         if self.budget < self.seed_size:
@@ -98,7 +100,9 @@ class RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ConfigError(f"config has unknown keys {sorted(unknown)}; was it written by another version?")
+            raise ConfigError(
+                f"config has unknown keys {sorted(unknown)}; was it written by another version?"
+            )
         return cls(**d)
 
     def same_selections_as(self, other: RunConfig) -> list[str]:

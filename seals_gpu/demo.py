@@ -51,11 +51,14 @@ def wordnet_store(log=print) -> Store | None:
     src = _shared_copy()
     if src is not None:
         log(f"data: WordNet nouns imported from {src} into {target}")
-        return wordnet.import_reference_parquet(src, src.parent / "wordnet_noun_concepts.parquet", target,
-                                                overwrite=True)
+        return wordnet.import_reference_parquet(
+            src, src.parent / "wordnet_noun_concepts.parquet", target, overwrite=True
+        )
     if Path(wordnet.DEFAULT_DATA_NOUN).exists():
         try:
-            log(f"data: building the WordNet store from {wordnet.DEFAULT_DATA_NOUN} (about 7 min on 2 cores, once)")
+            log(
+                f"data: building the WordNet store from {wordnet.DEFAULT_DATA_NOUN} (about 7 min on 2 cores, once)"
+            )
             return wordnet.build_wordnet_store(target, progress=True, overwrite=True)
         except SealsError as e:
             log(f"data: cannot build WordNet here ({e})")
@@ -87,11 +90,20 @@ def run_demo(out: str | os.PathLike[str], *, synthetic: bool = False, device: st
         from .synth import make_synthetic_store
 
         log("data: synthetic store (50,000 x 64, 8 planted concepts at 0.2-1%)")
-        store = make_synthetic_store(out / "store", n=50_000, dim=64, concepts=8, prevalence=(0.002, 0.01),
-                                     seed=0, overwrite=True)
+        store = make_synthetic_store(
+            out / "store", n=50_000, dim=64, concepts=8, prevalence=(0.002, 0.01), seed=0, overwrite=True
+        )
         concepts = list(range(8))
-    run(store, out / "run", concepts=concepts, strategies=("maxent", "mlp", "random"), modes=("seals", "all"),
-        budget=1000, device=device, progress=True)
+    run(
+        store,
+        out / "run",
+        concepts=concepts,
+        strategies=("maxent", "mlp", "random"),
+        modes=("seals", "all"),
+        budget=1000,
+        device=device,
+        progress=True,
+    )
     text, files = report(out / "run")
     print(text)
     for f in files:

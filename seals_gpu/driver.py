@@ -48,11 +48,25 @@ from .strategies import binary_entropy, random_scores, select_topk_segmented
 
 KERNEL_KIND = {"maxent": 0, "mlp": 1, "id": 2}
 METRIC_COLUMNS = [
-    "concept", "strategy", "mode", "round", "n_labeled", "n_positives", "pool_size", "pool_fraction",
-    "test_ap", "recall", "seconds_fit", "seconds_search", "seconds_select", "seconds_round",
+    "concept",
+    "strategy",
+    "mode",
+    "round",
+    "n_labeled",
+    "n_positives",
+    "pool_size",
+    "pool_fraction",
+    "test_ap",
+    "recall",
+    "seconds_fit",
+    "seconds_search",
+    "seconds_select",
+    "seconds_round",
 ]
 SELECTION_COLUMNS = ["concept", "strategy", "mode", "round", "id", "label"]
-TEST_CACHE_BYTES = 64 << 20  # test-split vectors up to this size stay on the device; larger ones stream each round
+TEST_CACHE_BYTES = (
+    64 << 20
+)  # test-split vectors up to this size stay on the device; larger ones stream each round
 CHECKPOINT = "checkpoint/state.npz"
 # Crash tests only: SEALS_GPU_TEST_KILL_AT=POINT:ROUND makes the run SIGKILL itself at that point of that
 # round's checkpoint. POINT is "outputs" (after metrics.parquet, before selections.parquet) or "checkpoint"
@@ -111,8 +125,10 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise RunDirError(f"cannot write the run folder {self.path.parent} ({e.strerror}); "
-                              "pick an --out you can write to") from None
+            raise RunDirError(
+                f"cannot write the run folder {self.path.parent} ({e.strerror}); "
+                "pick an --out you can write to"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -179,7 +195,11 @@ def draw_seed_set(
 
 
 def sample_concepts(
-    store: Store, n: int, prevalence: tuple[float, float], seed: int, min_train_positives: int,
+    store: Store,
+    n: int,
+    prevalence: tuple[float, float],
+    seed: int,
+    min_train_positives: int,
     train_ids: np.ndarray,
 ) -> list[Any]:
     """``n`` concepts with prevalence in [MIN, MAX] and enough train positives, chosen with ``seed``."""
@@ -227,8 +247,10 @@ class Run:
         self.train_ids = np.sort(ids[~is_test])
         self.test_ids = np.sort(ids[is_test])
         if self.train_ids.size == 0 or self.test_ids.size == 0:
-            raise ConfigError(f"store {store.path} needs both train and test rows; its split gives "
-                              f"{self.train_ids.size} train and {self.test_ids.size} test")
+            raise ConfigError(
+                f"store {store.path} needs both train and test rows; its split gives "
+                f"{self.train_ids.size} train and {self.test_ids.size} test"
+            )
         if backend is None:
             index = index if index is not None else LocalIndex.in_memory(store)
             backend = LocalBackend(index, self.device, excluded=self.test_ids)
@@ -254,8 +276,10 @@ class Run:
                         unit.ref_sum = np.zeros(store.dim, dtype=np.float64)
                     self.units.append(unit)
         if any(u.strategy == "id-knn" and u.mode == "all" for u in self.units) and graph is None:
-            raise ConfigError("id-knn in All mode needs every item's neighbours: build a graph with "
-                              "`seals-gpu index graph` and pass --graph, or use id / id-pairwise")
+            raise ConfigError(
+                "id-knn in All mode needs every item's neighbours: build a graph with "
+                "`seals-gpu index graph` and pass --graph, or use id / id-pairwise"
+            )
         self.model: LogisticModel | None = None
         self.metrics: list[dict[str, Any]] = []
         self.selections: list[dict[str, np.ndarray]] = []
@@ -319,12 +343,16 @@ class Run:
 
     def _test_ap(self) -> list[float]:
         assert self.model is not None
-        if self.test_ids.size * self.backend.dim * 4 > TEST_CACHE_BYTES:  # stream: memory must not grow with |U|
+        if (
+            self.test_ids.size * self.backend.dim * 4 > TEST_CACHE_BYTES
+        ):  # stream: memory must not grow with |U|
             logits_np = self.backend.logits(self.test_ids, self.model.W, self.model.b)
-            return [float(average_precision(self._test_y[u.concept], logits_np[:, u.index])) for u in self.units]
+            return [
+                float(average_precision(self._test_y[u.concept], logits_np[:, u.index])) for u in self.units
+            ]
         if self._test_x is None:
             self._test_x = torch.from_numpy(self.backend.vectors(self.test_ids)).to(self.device.torch_device)
-        logits = (self._test_x @ self.model.W.to(self._test_x.dtype).T + self.model.b.to(self._test_x.dtype))
+        logits = self._test_x @ self.model.W.to(self._test_x.dtype).T + self.model.b.to(self._test_x.dtype)
         logits_np = logits.float().cpu().numpy()
         return [float(average_precision(self._test_y[u.concept], logits_np[:, u.index])) for u in self.units]
 
@@ -398,7 +426,9 @@ class Run:
                 p = torch.sigmoid((x @ w + b).double())
                 if u.strategy == "id-knn":
                     nb = self.neighbors(block)
-                    dens = np.array([float(np.mean(nb[i][1])) if nb[i][1].size else 0.0 for i in block.tolist()])
+                    dens = np.array(
+                        [float(np.mean(nb[i][1])) if nb[i][1].size else 0.0 for i in block.tolist()]
+                    )
                     dens_t = torch.from_numpy(dens)
                 else:  # id-pairwise: the naive quadratic form the paper ran, chunked
                     dens_t = torch.zeros(x.shape[0], dtype=torch.float64, device=w.device)
@@ -427,13 +457,19 @@ class Run:
         if u.ref_sum is not None:
             if u.mode == "seals":  # labeled ids leave the pool: take their vectors out of the pool's sum
                 if removed.size:
-                    u.ref_sum = u.ref_sum - x[isin_sorted(ids, np.sort(removed))].astype(np.float64).sum(axis=0)
+                    u.ref_sum = u.ref_sum - x[isin_sorted(ids, np.sort(removed))].astype(np.float64).sum(
+                        axis=0
+                    )
             else:  # All: the reference set is every candidate minus the labeled ones
                 u.ref_sum = u.ref_sum + x.astype(np.float64).sum(axis=0)
-        self.selections.append({
-            "unit": np.full(ids.size, u.index, np.int64), "round": np.full(ids.size, round_no, np.int64),
-            "id": ids.astype(np.int64), "label": labels,
-        })
+        self.selections.append(
+            {
+                "unit": np.full(ids.size, u.index, np.int64),
+                "round": np.full(ids.size, round_no, np.int64),
+                "id": ids.astype(np.int64),
+                "label": labels,
+            }
+        )
 
     def _record(self, round_no: int, t: dict[str, Any]) -> None:
         aps = self._test_ap()
@@ -444,30 +480,49 @@ class Run:
             pool = len(u.pool) if u.mode == "seals" else n_train - u.n_labeled
             n_pos = int(u.label_vec.sum())
             sel = t["select"].get((u.strategy, u.mode), 0.0) / max(
-                1, sum(1 for v in self.units if (v.strategy, v.mode) == (u.strategy, u.mode)))
+                1, sum(1 for v in self.units if (v.strategy, v.mode) == (u.strategy, u.mode))
+            )
             fit = t["fit"] / n_units
             search = t["search"] / n_seals if u.mode == "seals" else 0.0
-            self.metrics.append({
-                "concept": u.concept, "strategy": u.strategy, "mode": u.mode, "round": round_no,
-                "n_labeled": u.n_labeled, "n_positives": n_pos, "pool_size": int(pool),
-                "pool_fraction": pool / n_train, "test_ap": aps[u.index],
-                "recall": n_pos / u.n_pos_train, "seconds_fit": fit, "seconds_search": search,
-                "seconds_select": sel, "seconds_round": fit + search + sel,
-            })
+            self.metrics.append(
+                {
+                    "concept": u.concept,
+                    "strategy": u.strategy,
+                    "mode": u.mode,
+                    "round": round_no,
+                    "n_labeled": u.n_labeled,
+                    "n_positives": n_pos,
+                    "pool_size": int(pool),
+                    "pool_fraction": pool / n_train,
+                    "test_ap": aps[u.index],
+                    "recall": n_pos / u.n_pos_train,
+                    "seconds_fit": fit,
+                    "seconds_search": search,
+                    "seconds_select": sel,
+                    "seconds_round": fit + search + sel,
+                }
+            )
 
     # ------------------------------------------------------------------ outputs
     def _tables(self) -> tuple[pa.Table, pa.Table]:
-        concept_type = pa.int64() if all(isinstance(c, (int, np.integer)) for c in self.config.concepts) \
-            else pa.string()
+        concept_type = (
+            pa.int64() if all(isinstance(c, (int, np.integer)) for c in self.config.concepts) else pa.string()
+        )
         mcols = {c: [r[c] for r in self.metrics] for c in METRIC_COLUMNS}
         if concept_type == pa.string():
             mcols["concept"] = [str(c) for c in mcols["concept"]]
         metrics = pa.table(mcols)
-        metrics = metrics.cast(pa.schema([
-            pa.field("concept", concept_type), pa.field("strategy", pa.string()), pa.field("mode", pa.string()),
-            *[pa.field(c, pa.int64()) for c in ("round", "n_labeled", "n_positives", "pool_size")],
-            *[pa.field(c, pa.float64()) for c in METRIC_COLUMNS[7:]],
-        ]))
+        metrics = metrics.cast(
+            pa.schema(
+                [
+                    pa.field("concept", concept_type),
+                    pa.field("strategy", pa.string()),
+                    pa.field("mode", pa.string()),
+                    *[pa.field(c, pa.int64()) for c in ("round", "n_labeled", "n_positives", "pool_size")],
+                    *[pa.field(c, pa.float64()) for c in METRIC_COLUMNS[7:]],
+                ]
+            )
+        )
         if self.selections:
             unit = np.concatenate([s["unit"] for s in self.selections])
             rnd = np.concatenate([s["round"] for s in self.selections])
@@ -479,14 +534,16 @@ class Run:
         concepts = [self.units[i].concept for i in unit.tolist()]
         if concept_type == pa.string():
             concepts = [str(c) for c in concepts]
-        selections = pa.table({
-            "concept": pa.array(concepts, type=concept_type),
-            "strategy": pa.array([self.units[i].strategy for i in unit.tolist()], type=pa.string()),
-            "mode": pa.array([self.units[i].mode for i in unit.tolist()], type=pa.string()),
-            "round": pa.array(rnd, type=pa.int64()),
-            "id": pa.array(ids, type=pa.int64()),
-            "label": pa.array(lab, type=pa.bool_()),
-        })
+        selections = pa.table(
+            {
+                "concept": pa.array(concepts, type=concept_type),
+                "strategy": pa.array([self.units[i].strategy for i in unit.tolist()], type=pa.string()),
+                "mode": pa.array([self.units[i].mode for i in unit.tolist()], type=pa.string()),
+                "round": pa.array(rnd, type=pa.int64()),
+                "id": pa.array(ids, type=pa.int64()),
+                "label": pa.array(lab, type=pa.bool_()),
+            }
+        )
         return metrics, selections
 
     def _checkpoint(self) -> None:
@@ -501,17 +558,24 @@ class Run:
         _test_kill("outputs", self.round)
         write_parquet(self.out / "selections.parquet", selections)
         arrays: dict[str, np.ndarray] = {
-            "config_json": np.frombuffer(json.dumps(self.config.to_json(), sort_keys=True).encode(), np.uint8),
+            "config_json": np.frombuffer(
+                json.dumps(self.config.to_json(), sort_keys=True).encode(), np.uint8
+            ),
             "round": np.array(self.round),
             "W": self.model.W.double().cpu().numpy(),
             "b": self.model.b.double().cpu().numpy(),
-            "metrics_json": np.frombuffer(json.dumps(self.metrics, default=_jsonable).encode(), dtype=np.uint8),
+            "metrics_json": np.frombuffer(
+                json.dumps(self.metrics, default=_jsonable).encode(), dtype=np.uint8
+            ),
         }
         for u in self.units:
             arrays[f"u{u.index}_labeled"] = u.labeled_ids
             arrays[f"u{u.index}_labels"] = u.label_vec
-            arrays[f"u{u.index}_rounds"] = np.concatenate(
-                [np.full(a.size, r, np.int64) for r, a in enumerate(u.labeled)]) if u.labeled else np.empty(0)
+            arrays[f"u{u.index}_rounds"] = (
+                np.concatenate([np.full(a.size, r, np.int64) for r, a in enumerate(u.labeled)])
+                if u.labeled
+                else np.empty(0)
+            )
             arrays[f"u{u.index}_pool"] = u.pool.ids
             if u.ref_sum is not None:
                 arrays[f"u{u.index}_ref"] = u.ref_sum
@@ -535,13 +599,16 @@ class Run:
             saved = RunConfig.from_json(json.loads(arrays["config_json"].tobytes().decode()))
             diff = saved.same_selections_as(self.config)
             if diff:
-                raise RunDirError(f"{path} was written by a different configuration ({', '.join(diff)} "
-                                  f"changed) than {self.out}/config.json; delete {self.out} and start again")
+                raise RunDirError(
+                    f"{path} was written by a different configuration ({', '.join(diff)} "
+                    f"changed) than {self.out}/config.json; delete {self.out} and start again"
+                )
         self.round = int(arrays["round"])
         self.metrics = json.loads(arrays["metrics_json"].tobytes().decode())
         dev = self.device.torch_device
-        self.model = LogisticModel(W=torch.from_numpy(arrays["W"]).float().to(dev),
-                                   b=torch.from_numpy(arrays["b"]).float().to(dev))
+        self.model = LogisticModel(
+            W=torch.from_numpy(arrays["W"]).float().to(dev), b=torch.from_numpy(arrays["b"]).float().to(dev)
+        )
         for u in self.units:
             ids = arrays[f"u{u.index}_labeled"].astype(np.int64)
             labels = arrays[f"u{u.index}_labels"].astype(bool)
@@ -552,10 +619,14 @@ class Run:
             u.pool = CandidatePool(arrays[f"u{u.index}_pool"].astype(np.int64))
             if f"u{u.index}_ref" in arrays:
                 u.ref_sum = arrays[f"u{u.index}_ref"]
-        self.selections = [{
-            "unit": arrays["sel_unit"].astype(np.int64), "round": arrays["sel_round"].astype(np.int64),
-            "id": arrays["sel_id"].astype(np.int64), "label": arrays["sel_label"].astype(bool),
-        }]
+        self.selections = [
+            {
+                "unit": arrays["sel_unit"].astype(np.int64),
+                "round": arrays["sel_round"].astype(np.int64),
+                "id": arrays["sel_id"].astype(np.int64),
+                "label": arrays["sel_label"].astype(bool),
+            }
+        ]
         # the metrics rows stored concepts as JSON: map them back to the configured keys
         keymap = {json.dumps(_jsonable(c)): c for c in self.config.concepts}
         for r in self.metrics:
@@ -567,7 +638,9 @@ class Run:
         lock = RunLock(self.out)
         lock.check_free()  # "in use by pid N" before "not empty": the live holder is the real reason
         if not resume and self.out.exists() and any(p.name != ".lock" for p in self.out.iterdir()):
-            raise RunDirError(f"{self.out} is not empty; pass --resume to continue that run or pick a new --out")
+            raise RunDirError(
+                f"{self.out} is not empty; pass --resume to continue that run or pick a new --out"
+            )
         lock.acquire()
         self.already_finished = False
         try:
@@ -578,7 +651,9 @@ class Run:
                 self._restore()
                 if self.round >= cfg.n_rounds:
                     self.already_finished = True
-                    self.log(f"{self.out} already finished (round {self.round} of {cfg.n_rounds}); nothing to do")
+                    self.log(
+                        f"{self.out} already finished (round {self.round} of {cfg.n_rounds}); nothing to do"
+                    )
                     return
                 self.log(f"resuming {self.out} after round {self.round}")
             else:
@@ -703,8 +778,13 @@ def run(
     if index is not None:
         idx = LocalIndex.open(index)
         idx.check_store(store)
-    cfg = RunConfig(store=str(store.path), store_fingerprint=store.fingerprint, concepts=tuple(concepts),
-                    index=str(index) if index is not None else None, **settings)
+    cfg = RunConfig(
+        store=str(store.path),
+        store_fingerprint=store.fingerprint,
+        concepts=tuple(concepts),
+        index=str(index) if index is not None else None,
+        **settings,
+    )
     dev = resolve_device(device)
     r = Run(cfg, Path(out), store=store, index=idx, device=dev, progress=progress, log=lambda *_: None)
     r.start(resume=resume)
@@ -719,8 +799,9 @@ def _check_out_dir(out: Path) -> None:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot create --out {out}: {parent} is not a folder you can write to; "
-                          "pick another --out")
+        raise RunDirError(
+            f"cannot create --out {out}: {parent} is not a folder you can write to; pick another --out"
+        )
 
 
 def _has_full_supervision(out: Path) -> bool:
@@ -742,20 +823,27 @@ def run_from_args(a: Any) -> Run:
     ids, is_test = store.read_split()
     train_ids = np.sort(ids[~is_test])
     if not store.has_labels:
-        raise ConfigError(f"store {store.path} has no 'labels' column, so there is nothing to simulate; "
-                          "add labels or plug in your own Oracle from Python")
+        raise ConfigError(
+            f"store {store.path} has no 'labels' column, so there is nothing to simulate; "
+            "add labels or plug in your own Oracle from Python"
+        )
     if a.concepts is not None:
         concepts = store.resolve_concepts(a.concepts.split(","))
         counts = store.concept_positives(concepts)
         for c in concepts:
             if counts[c].size == 0:
-                raise ConfigError(f"unknown concept {c!r}: no item of {store.path} has it; "
-                                  f"see `seals-gpu store info {store.path}`")
+                raise ConfigError(
+                    f"unknown concept {c!r}: no item of {store.path} has it; "
+                    f"see `seals-gpu store info {store.path}`"
+                )
     else:
-        concepts = sample_concepts(store, a.concepts_sample, prevalence_range(a.prevalence), a.seed,
-                                   a.seed_positives, train_ids)
+        concepts = sample_concepts(
+            store, a.concepts_sample, prevalence_range(a.prevalence), a.seed, a.seed_positives, train_ids
+        )
     dev = resolve_device(a.device)
-    use_ray = bool(getattr(a, "ray", False) or getattr(a, "ray_address", None) or os.environ.get("RAY_ADDRESS"))
+    use_ray = bool(
+        getattr(a, "ray", False) or getattr(a, "ray_address", None) or os.environ.get("RAY_ADDRESS")
+    )
     index = None
     if a.index is not None:
         if use_ray:  # the shard actors open the shards; the driver only checks the manifest
@@ -777,13 +865,26 @@ def run_from_args(a: Any) -> Run:
         graph = KnnGraph.open(a.graph)
         graph.check_store(store)
         if graph.k < a.k:
-            raise ConfigError(f"graph {a.graph} holds {graph.k} neighbours per item but --k is {a.k}; "
-                              f"rebuild it with `--k {a.k}` or lower --k")
+            raise ConfigError(
+                f"graph {a.graph} holds {graph.k} neighbours per item but --k is {a.k}; "
+                f"rebuild it with `--k {a.k}` or lower --k"
+            )
     cfg = RunConfig(
-        store=str(store.path), store_fingerprint=store.fingerprint, concepts=tuple(concepts),
-        strategies=tuple(strategies), modes=tuple(modes), k=a.k, batch=a.batch, budget=a.budget,
-        seed_positives=a.seed_positives, seed_negatives=a.seed_negatives, seed=a.seed, C=a.C, beta=a.beta,
-        index=str(a.index) if a.index else None, graph=str(a.graph) if a.graph else None,
+        store=str(store.path),
+        store_fingerprint=store.fingerprint,
+        concepts=tuple(concepts),
+        strategies=tuple(strategies),
+        modes=tuple(modes),
+        k=a.k,
+        batch=a.batch,
+        budget=a.budget,
+        seed_positives=a.seed_positives,
+        seed_negatives=a.seed_negatives,
+        seed=a.seed,
+        C=a.C,
+        beta=a.beta,
+        index=str(a.index) if a.index else None,
+        graph=str(a.graph) if a.graph else None,
         full_supervision=a.full_supervision,
     )
     out = Path(a.out)
@@ -800,20 +901,28 @@ def run_from_args(a: Any) -> Run:
     def log(*m: object) -> None:
         print(*m, file=sys.stderr)
 
-
     def announce() -> None:  # once every check has passed, so that a refused run prints only its error
-        log(f"device: {dev.reason}; scoring: "
-            f"{'fused CUDA kernels' if dev.kind == 'cuda' and dev.has_cupy else 'torch reference'}")
-        log(f"{len(concepts)} concept(s) x {len(strategies)} strateg(ies) x {len(modes)} mode(s); "
-            f"{cfg.n_rounds} rounds of {cfg.batch} after a seed set of {cfg.seed_size}")
+        log(
+            f"device: {dev.reason}; scoring: "
+            f"{'fused CUDA kernels' if dev.kind == 'cuda' and dev.has_cupy else 'torch reference'}"
+        )
+        log(
+            f"{len(concepts)} concept(s) x {len(strategies)} strateg(ies) x {len(modes)} mode(s); "
+            f"{cfg.n_rounds} rounds of {cfg.batch} after a seed set of {cfg.seed_size}"
+        )
 
     if use_ray:
         if a.index is None:
             raise ConfigError("--ray needs --index (a built, possibly sharded, index folder)")
         from .distributed import RayBackend, ray_session
 
-        with ray_session(a.ray_address), RayBackend(a.index, excluded=np.sort(ids[is_test]), device=dev) as backend:
-            r = Run(cfg, out, store=store, backend=backend, graph=graph, device=dev, progress=not a.quiet, log=log)
+        with (
+            ray_session(a.ray_address),
+            RayBackend(a.index, excluded=np.sort(ids[is_test]), device=dev) as backend,
+        ):
+            r = Run(
+                cfg, out, store=store, backend=backend, graph=graph, device=dev, progress=not a.quiet, log=log
+            )
             announce()
             log("search and scoring: Ray shard actors")
             r.start(resume=a.resume)

@@ -494,8 +494,10 @@ def make_plots(table: pa.Table, out_dir: str | os.PathLike[str]) -> list[Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ReportError(f"cannot write the plots to {out_dir} ({e.strerror or e}); remove or rename what is "
-                          "there, or pass --no-plots") from None
+        raise ReportError(
+            f"cannot write the plots to {out_dir} ({e.strerror or e}); remove or rename what is "
+            "there, or pass --no-plots"
+        ) from None
     rows = summarize(table)
     written: list[Path] = []
     g = _Grouped(table) if table.num_rows else None

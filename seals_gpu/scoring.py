@@ -465,8 +465,17 @@ def _dense_profitable(rows: torch.Tensor, ids: torch.Tensor, off_h: np.ndarray, 
 
 
 def _score_select_dense(
-    emb: torch.Tensor, ids: torch.Tensor, off_h: np.ndarray, plan: tuple, W: torch.Tensor, bias: torch.Tensor,
-    kind: torch.Tensor, ref: torch.Tensor | None, beta: float, b: int, cdt: torch.dtype,
+    emb: torch.Tensor,
+    ids: torch.Tensor,
+    off_h: np.ndarray,
+    plan: tuple,
+    W: torch.Tensor,
+    bias: torch.Tensor,
+    kind: torch.Tensor,
+    ref: torch.Tensor | None,
+    beta: float,
+    b: int,
+    cdt: torch.dtype,
 ) -> TopB:
     """CPU fast path: logits of the distinct candidate rows for every unit by one GEMM, then a padded top-b.
     Equal to :func:`_score_select_torch` up to float rounding of the dot products (same tie rule)."""
@@ -607,7 +616,9 @@ def score_select(
     if backend == "auto" and chunk_rows is None:
         plan = _dense_profitable(rows, ids, off_h, int(W_.shape[0]))
         if plan is not None:
-            return _score_select_dense(emb, ids, off_h, plan, W_, bias, kind, ref, float(beta), b, compute_dtype)
+            return _score_select_dense(
+                emb, ids, off_h, plan, W_, bias, kind, ref, float(beta), b, compute_dtype
+            )
     return _score_select_torch(
         emb, rows, ids, off_h, W_, bias, kind, ref, float(beta), b, compute_dtype, chunk
     )

@@ -174,7 +174,9 @@ class Store:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         if not self.path.exists():
-            raise StoreError(f"store {self.path} does not exist; create one with `seals-gpu store synth` or write_store()")
+            raise StoreError(
+                f"store {self.path} does not exist; create one with `seals-gpu store synth` or write_store()"
+            )
         if self.path.is_file():
             raise StoreError(f"store {self.path} is a file; a store is a folder of Parquet files")
         self.files: list[Path] = sorted(
@@ -246,7 +248,9 @@ class Store:
                 self.has_split = "split" in schema.names
             else:
                 if has_labels != self.has_labels:
-                    raise StoreError(f"{f}: has{'' if has_labels else ' no'} 'labels' column, unlike {self.files[0]}")
+                    raise StoreError(
+                        f"{f}: has{'' if has_labels else ' no'} 'labels' column, unlike {self.files[0]}"
+                    )
                 if ("split" in schema.names) != self.has_split:
                     raise StoreError(f"{f}: 'split' column present in some files only; add it to all or none")
         assert dim is not None
@@ -325,7 +329,14 @@ class Store:
                 raise StoreError(f"{f}: could not be read ({e}); the file is corrupt or truncated") from None
 
     def _convert(
-        self, rb: pa.RecordBatch, f: Path, row0: int, emb: bool, labels: bool, split: bool, normalize: bool,
+        self,
+        rb: pa.RecordBatch,
+        f: Path,
+        row0: int,
+        emb: bool,
+        labels: bool,
+        split: bool,
+        normalize: bool,
         labels_arrow: bool = False,
     ) -> Batch:
         ids = _ids_to_numpy(rb.column("id"), str(f))
@@ -347,9 +358,7 @@ class Store:
                 bad = ~np.isin(s, ["train", "test"])
                 if bad.any():
                     r = int(np.flatnonzero(bad)[0])
-                    raise StoreError(
-                        f"{f}: row {row0 + r} has split {s[r]!r}; expected 'train' or 'test'"
-                    )
+                    raise StoreError(f"{f}: row {row0 + r} has split {s[r]!r}; expected 'train' or 'test'")
                 sp = s == "test"
             else:
                 sp = hash_test_mask(ids)
@@ -407,7 +416,9 @@ class Store:
         return out
 
     # ------------------------------------------------------------------ concepts
-    def _flat_labels(self, *, split: bool = False) -> Iterator[tuple[np.ndarray, pa.Array, np.ndarray, Batch]]:
+    def _flat_labels(
+        self, *, split: bool = False
+    ) -> Iterator[tuple[np.ndarray, pa.Array, np.ndarray, Batch]]:
         """Per batch: ``(ids, flat label values, row index of each value, batch)`` without Python loops."""
         import pyarrow.compute as pc
 
@@ -450,9 +461,7 @@ class Store:
             rows = parents[mask]
             for c in set(vals.tolist()):
                 pos[c].append(ids[rows[vals == c]])
-        return {
-            c: np.unique(np.concatenate(v)) if v else np.empty(0, dtype=np.int64) for c, v in pos.items()
-        }
+        return {c: np.unique(np.concatenate(v)) if v else np.empty(0, dtype=np.int64) for c, v in pos.items()}
 
     def concept_names(self) -> dict[Any, str]:
         """Human names of concepts from ``_concepts.parquet`` when the store has one, else empty."""
@@ -593,7 +602,9 @@ class StoreWriter:
     ):
         self.path = Path(path)
         if self.path.exists() and any(self.path.iterdir()) and not overwrite:
-            raise StoreError(f"{self.path} already exists and is not empty; pass overwrite / --force or pick a new path")
+            raise StoreError(
+                f"{self.path} already exists and is not empty; pass overwrite / --force or pick a new path"
+            )
         if dim < 1:
             raise StoreError(f"dim={dim}; the embedding dimension must be at least 1")
         self.dim = int(dim)
@@ -648,7 +659,9 @@ class StoreWriter:
             self._schema = table.schema
         elif table.schema != self._schema:
             if table.schema.names != self._schema.names:
-                raise StoreError(f"batch columns {table.schema.names} differ from the first batch's {self._schema.names}")
+                raise StoreError(
+                    f"batch columns {table.schema.names} differ from the first batch's {self._schema.names}"
+                )
             table = table.cast(self._schema)
         start = 0
         while start < table.num_rows:
@@ -737,7 +750,9 @@ def write_store(
     x = np.asarray(embeddings)
     if x.ndim != 2:
         raise StoreError(f"embeddings must be 2-D (n, d), got shape {x.shape}; reshape your data")
-    with StoreWriter(path, dim=x.shape[1], normalize=normalize, rows_per_file=rows_per_file, overwrite=overwrite) as w:
+    with StoreWriter(
+        path, dim=x.shape[1], normalize=normalize, rows_per_file=rows_per_file, overwrite=overwrite
+    ) as w:
         step = 262_144
         n = x.shape[0]
         if n == 0:

@@ -39,11 +39,23 @@ def record_full_supervision(run: Any) -> None:
     rows = []
     for c, ap in aps.items():
         n_pos = int(np.isin(run.train_ids, run.positives[c]).sum())
-        rows.append({
-            "concept": c if metrics.schema.field("concept").type == pa.int64() else str(c),
-            "strategy": "full", "mode": "supervised", "round": int(run.round), "n_labeled": n_train,
-            "n_positives": n_pos, "pool_size": n_train, "pool_fraction": 1.0, "test_ap": ap, "recall": 1.0,
-            "seconds_fit": secs, "seconds_search": 0.0, "seconds_select": 0.0, "seconds_round": secs,
-        })
+        rows.append(
+            {
+                "concept": c if metrics.schema.field("concept").type == pa.int64() else str(c),
+                "strategy": "full",
+                "mode": "supervised",
+                "round": int(run.round),
+                "n_labeled": n_train,
+                "n_positives": n_pos,
+                "pool_size": n_train,
+                "pool_fraction": 1.0,
+                "test_ap": ap,
+                "recall": 1.0,
+                "seconds_fit": secs,
+                "seconds_search": 0.0,
+                "seconds_select": 0.0,
+                "seconds_round": secs,
+            }
+        )
     extra = pa.Table.from_pylist(rows, schema=metrics.schema)
     write_parquet(run.out / "metrics.parquet", pa.concat_tables([metrics, extra]))

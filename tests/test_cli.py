@@ -17,8 +17,24 @@ def _run(args, capsys):
 
 def test_store_index_end_to_end(tmp_path, capsys):
     store, idx = tmp_path / "store", tmp_path / "idx"
-    code, out, _ = _run(["store", "synth", store, "--n", 3000, "--dim", 16, "--concepts", 4,
-                         "--prevalence", "0.005:0.02", "--seed", 3], capsys)
+    code, out, _ = _run(
+        [
+            "store",
+            "synth",
+            store,
+            "--n",
+            3000,
+            "--dim",
+            16,
+            "--concepts",
+            4,
+            "--prevalence",
+            "0.005:0.02",
+            "--seed",
+            3,
+        ],
+        capsys,
+    )
     assert code == 0 and "3000 rows" in out
     code, out, _ = _run(["store", "info", store], capsys)
     assert code == 0 and "rows         3,000" in out and "dimension    16" in out and "concepts     4" in out
@@ -27,8 +43,9 @@ def test_store_index_end_to_end(tmp_path, capsys):
     assert info["rows"] == 3000 and info["split"]["source"] == "column"
     code, out, _ = _run(["store", "validate", store], capsys)
     assert code == 0 and "ok" in out
-    code, out, _ = _run(["index", "build", store, idx, "--kind", "ivfpq", "--nlist", 16, "--pq-m", 4,
-                         "--shards", 2], capsys)
+    code, out, _ = _run(
+        ["index", "build", store, idx, "--kind", "ivfpq", "--nlist", 16, "--pq-m", 4, "--shards", 2], capsys
+    )
     assert code == 0 and "ivfpq" in out and "2 shard(s)" in out
     code, out, _ = _run(["index", "info", idx], capsys)
     d = json.loads(out)
@@ -53,8 +70,11 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, args, message):
 
 
 def test_usage_errors_exit_2_in_a_subprocess(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "seals_gpu", "store", "synth", str(tmp_path / "s"), "--n", "-5"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "seals_gpu", "store", "synth", str(tmp_path / "s"), "--n", "-5"],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2
     assert "must be at least 1" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = subprocess.run([sys.executable, "-m", "seals_gpu", "frobnicate"], capture_output=True, text=True)
@@ -65,8 +85,13 @@ def test_help_documents_every_subcommand():
     p = subprocess.run([sys.executable, "-m", "seals_gpu", "--help"], capture_output=True, text=True)
     for cmd in ("store", "index", "run", "report", "demo"):
         assert cmd in p.stdout
-    for group, subs in (("store", ("synth", "wordnet", "info", "validate")), ("index", ("build", "info", "graph"))):
-        p = subprocess.run([sys.executable, "-m", "seals_gpu", group, "--help"], capture_output=True, text=True)
+    for group, subs in (
+        ("store", ("synth", "wordnet", "info", "validate")),
+        ("index", ("build", "info", "graph")),
+    ):
+        p = subprocess.run(
+            [sys.executable, "-m", "seals_gpu", group, "--help"], capture_output=True, text=True
+        )
         assert p.returncode == 0
         for s in subs:
             assert s in p.stdout

@@ -16,21 +16,38 @@ from seals_gpu.synth import make_synthetic_store
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    return make_synthetic_store(tmp_path_factory.mktemp("d") / "store", n=12_000, dim=24, concepts=4,
-                                prevalence=(0.006, 0.012), seed=7)
+    return make_synthetic_store(
+        tmp_path_factory.mktemp("d") / "store",
+        n=12_000,
+        dim=24,
+        concepts=4,
+        prevalence=(0.006, 0.012),
+        seed=7,
+    )
 
 
 def _small(**kw):
-    base = dict(strategies=("maxent", "mlp", "id", "random"), modes=("seals", "all"), budget=300, k=20, batch=50,
-                seed_positives=3, seed_negatives=27)
+    base = dict(
+        strategies=("maxent", "mlp", "id", "random"),
+        modes=("seals", "all"),
+        budget=300,
+        k=20,
+        batch=50,
+        seed_positives=3,
+        seed_negatives=27,
+    )
     base.update(kw)
     return base
 
 
 def test_properties_of_selections_and_pools(synth, tmp_path):
     store = synth
-    cfg = RunConfig(store=str(store.path), store_fingerprint=store.fingerprint, concepts=(0, 1),
-                    **_small(budget=230, batch=40))
+    cfg = RunConfig(
+        store=str(store.path),
+        store_fingerprint=store.fingerprint,
+        concepts=(0, 1),
+        **_small(budget=230, batch=40),
+    )
     pools_seen: dict[int, list[np.ndarray]] = {}
 
     class Watch(Run):
@@ -54,14 +71,30 @@ def test_properties_of_selections_and_pools(synth, tmp_path):
     n_units = len(r.units)
     assert len(sel["id"]) == n_units * 230
     for u in r.units:
-        rounds = [rr for c, s, m, rr in zip(sel["concept"], sel["strategy"], sel["mode"], sel["round"])
-                  if (c, s, m) == (u.concept, u.strategy, u.mode)]
+        rounds = [
+            rr
+            for c, s, m, rr in zip(sel["concept"], sel["strategy"], sel["mode"], sel["round"])
+            if (c, s, m) == (u.concept, u.strategy, u.mode)
+        ]
         counts = np.bincount(rounds)
         assert counts[0] == 30 and (counts[1:-1] == 40).all() and counts[-1] == 40
     m = pq.read_table(tmp_path / "run" / "metrics.parquet")
-    assert m.column_names == ["concept", "strategy", "mode", "round", "n_labeled", "n_positives", "pool_size",
-                              "pool_fraction", "test_ap", "recall", "seconds_fit", "seconds_search",
-                              "seconds_select", "seconds_round"]
+    assert m.column_names == [
+        "concept",
+        "strategy",
+        "mode",
+        "round",
+        "n_labeled",
+        "n_positives",
+        "pool_size",
+        "pool_fraction",
+        "test_ap",
+        "recall",
+        "seconds_fit",
+        "seconds_search",
+        "seconds_select",
+        "seconds_round",
+    ]
     assert m.num_rows == n_units * (cfg.n_rounds + 1)
 
 
@@ -107,13 +140,22 @@ def test_recall_and_ap_columns_are_consistent(synth, tmp_path):
 
 
 def test_seals_matches_all_and_beats_random(synth, tmp_path):
-    cfg = dict(strategies=("maxent", "random"), modes=("seals", "all"), budget=600, k=30, batch=50,
-               seed_positives=5, seed_negatives=95)
+    cfg = dict(
+        strategies=("maxent", "random"),
+        modes=("seals", "all"),
+        budget=600,
+        k=30,
+        batch=50,
+        seed_positives=5,
+        seed_negatives=95,
+    )
     run(synth, tmp_path / "r", concepts=[0, 1, 2, 3], **cfg)
     m = pq.read_table(tmp_path / "r" / "metrics.parquet").to_pydict()
     last = max(m["round"])
     final = {}
-    for _c, s, mo, rr, ap, rec in zip(m["concept"], m["strategy"], m["mode"], m["round"], m["test_ap"], m["recall"]):
+    for _c, s, mo, rr, ap, rec in zip(
+        m["concept"], m["strategy"], m["mode"], m["round"], m["test_ap"], m["recall"]
+    ):
         if rr == last:
             final.setdefault((s, mo), []).append((ap, rec))
     mean = {k: np.mean(v, axis=0) for k, v in final.items()}
@@ -134,8 +176,12 @@ def test_with_a_built_sharded_index(synth, tmp_path):
 
 
 def test_id_variants_run(synth, tmp_path):
-    run(synth, tmp_path / "r", concepts=[0], **_small(strategies=("id", "id-pairwise", "id-knn"), modes=("seals",),
-                                                      budget=130))
+    run(
+        synth,
+        tmp_path / "r",
+        concepts=[0],
+        **_small(strategies=("id", "id-pairwise", "id-knn"), modes=("seals",), budget=130),
+    )
     m = pq.read_table(tmp_path / "r" / "metrics.parquet").to_pydict()
     assert set(m["strategy"]) == {"id", "id-pairwise", "id-knn"}
     with pytest.raises(ConfigError, match="id-knn in All mode needs"):
@@ -205,7 +251,9 @@ def test_resume_continues_to_identical_results(synth, tmp_path):
 
 
 def test_index_from_another_store_is_refused(synth, tmp_path):
-    other = make_synthetic_store(tmp_path / "other", n=2000, dim=24, concepts=1, prevalence=(0.01, 0.02), seed=1)
+    other = make_synthetic_store(
+        tmp_path / "other", n=2000, dim=24, concepts=1, prevalence=(0.01, 0.02), seed=1
+    )
     build_index(other, tmp_path / "idx", IndexSpec(kind="flat"))
     with pytest.raises(IndexError_, match="was built from a store with fingerprint"):
         run(synth, tmp_path / "r", concepts=[0], index=tmp_path / "idx", **_small())

@@ -16,9 +16,12 @@ from seals_gpu.synth import make_synthetic_store
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_and_cuda_select_the_same(tmp_path):
-    store = make_synthetic_store(tmp_path / "s", n=20_000, dim=64, concepts=3, prevalence=(0.005, 0.01), seed=2)
-    kw = dict(concepts=[0, 1, 2], strategies=("maxent", "mlp", "id", "random"), modes=("seals", "all"),
-              budget=500)
+    store = make_synthetic_store(
+        tmp_path / "s", n=20_000, dim=64, concepts=3, prevalence=(0.005, 0.01), seed=2
+    )
+    kw = dict(
+        concepts=[0, 1, 2], strategies=("maxent", "mlp", "id", "random"), modes=("seals", "all"), budget=500
+    )
     run(store, tmp_path / "cpu", device="cpu", **kw)
     run(store, tmp_path / "cuda", device="cuda", **kw)
     a = pq.read_table(tmp_path / "cpu" / "selections.parquet").to_pydict()

@@ -44,7 +44,9 @@ def test_flat_matches_faiss_exact_and_excludes_self(small_store, tmp_path):
 
 def test_ivfpq_rerank_recall_at_100(store50k, tmp_path):
     flat = build_index(store50k, tmp_path / "flat", IndexSpec(kind="flat"))
-    ivf = build_index(store50k, tmp_path / "ivf", IndexSpec(kind="ivfpq", nlist=256, pq_m=16, nprobe=24, rerank=4))
+    ivf = build_index(
+        store50k, tmp_path / "ivf", IndexSpec(kind="ivfpq", nlist=256, pq_m=16, nprobe=24, rerank=4)
+    )
     q = store50k.read_ids()[::250]
     xq = flat.vectors(q)
     _, I0 = flat.search(xq, 100, exclude_ids=q)
@@ -128,9 +130,7 @@ def test_store_error_propagates(tmp_path):
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    st.integers(1, 4), st.integers(1, 12), st.integers(1, 10), st.integers(0, 10_000)
-)
+@given(st.integers(1, 4), st.integers(1, 12), st.integers(1, 10), st.integers(0, 10_000))
 def test_merge_neighbors_is_global_topk_and_order_free(nshards, per, k, seed):
     rng = np.random.default_rng(seed)
     nq = 3
@@ -145,7 +145,6 @@ def test_merge_neighbors_is_global_topk_and_order_free(nshards, per, k, seed):
     D2, I2 = merge_neighbors(parts[::-1], k)
     np.testing.assert_array_equal(I, I2)
     for q in range(nq):
-        cand = sorted(
-            (-sims[s, q, j], int(all_ids[s, j])) for s in range(nshards) for j in range(per))[:k]
+        cand = sorted((-sims[s, q, j], int(all_ids[s, j])) for s in range(nshards) for j in range(per))[:k]
         expect = [i for _, i in cand] + [-1] * (k - len(cand))
         assert I[q].tolist() == expect

@@ -58,8 +58,11 @@ def test_concept_counts_and_positives(tmp_path):
         assert counts[c] == len(expect)
         np.testing.assert_array_equal(s.concept_positives([c])[c], expect)
     info = s.info()
-    assert info["rows"] == 1000 and info["concepts"] == 2 and sum(
-        h["concepts"] for h in info["prevalence_histogram"]) == 2
+    assert (
+        info["rows"] == 1000
+        and info["concepts"] == 2
+        and sum(h["concepts"] for h in info["prevalence_histogram"]) == 2
+    )
 
 
 def test_string_labels_and_resolve(tmp_path):

@@ -65,11 +65,15 @@ class IndexSpec:
                     p[key] = int(v)
             p["nprobe"] = min(p["nprobe"], p["nlist"])
             if d % p["pq_m"]:  # checked here, before the store is read, as well as in train_ivfpq
-                raise IndexError_(f"--pq-m {p['pq_m']} must divide the dimension {d}; try one of "
-                                  f"{[q for q in range(1, min(64, d) + 1) if d % q == 0][-4:]}")
+                raise IndexError_(
+                    f"--pq-m {p['pq_m']} must divide the dimension {d}; try one of "
+                    f"{[q for q in range(1, min(64, d) + 1) if d % q == 0][-4:]}"
+                )
             if p["nlist"] > n:
-                raise IndexError_(f"--nlist {p['nlist']} needs at least {p['nlist']} training vectors, the store "
-                                  f"has {n}; lower --nlist or use --kind flat")
+                raise IndexError_(
+                    f"--nlist {p['nlist']} needs at least {p['nlist']} training vectors, the store "
+                    f"has {n}; lower --nlist or use --kind flat"
+                )
             p["train_size"] = int(self.train_size or min(n, max(65_536, 64 * p["nlist"])))
             p["seed"] = self.seed
             out.update(p)
@@ -160,8 +164,9 @@ def build_index(
                 for s, sd in enumerate(shard_dirs)
             ],
         }
-        (fill or fill_shards_local)(shard_dirs, params, tmp / "trained.faiss" if trained is not None else None,
-                                    progress=progress)
+        (fill or fill_shards_local)(
+            shard_dirs, params, tmp / "trained.faiss" if trained is not None else None, progress=progress
+        )
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return LocalIndex.open(out)
 
@@ -199,7 +204,9 @@ class _RowReader:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, np.ndarray) and key.ndim == 1 and key.size > self.block_rows:
-            return np.concatenate([self[key[s : s + self.block_rows]] for s in range(0, key.size, self.block_rows)])
+            return np.concatenate(
+                [self[key[s : s + self.block_rows]] for s in range(0, key.size, self.block_rows)]
+            )
         mm = np.load(self.path, mmap_mode="r")
         out = np.array(mm[key])  # a copy: the mapping (and its resident pages) goes away with ``mm``
         del mm
@@ -220,8 +227,9 @@ def fill_shard(shard_dir: str | os.PathLike[str], kind: str, trained_path: str |
     os.replace(shard_dir / "index.faiss.tmp", shard_dir / "index.faiss")
 
 
-def fill_shards_local(shard_dirs: list[Path], params: dict[str, Any], trained_path: Path | None, *,
-                      progress: bool = False) -> None:
+def fill_shards_local(
+    shard_dirs: list[Path], params: dict[str, Any], trained_path: Path | None, *, progress: bool = False
+) -> None:
     if params["kind"] != "ivfpq":
         return
     total = 0
@@ -240,7 +248,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_dir():
         raise IndexError_(f"index {path} does not exist; build one with `seals-gpu index build STORE {path}`")
     if not mf.exists():
-        raise IndexError_(f"{mf} is missing: {path} is not a complete index; rebuild it with `seals-gpu index build`")
+        raise IndexError_(
+            f"{mf} is missing: {path} is not a complete index; rebuild it with `seals-gpu index build`"
+        )
     try:
         m = json.loads(mf.read_text())
     except json.JSONDecodeError as e:
@@ -277,8 +287,10 @@ class LocalIndex:
         for s in m["shards"]:
             sh = IndexShard.load(path / s["dir"], kind=m["kind"], params=params)
             if sh.ntotal != s["n"] or sh.dim != m["dim"]:
-                raise IndexError_(f"{path / s['dir']}: holds {sh.ntotal}x{sh.dim}, manifest says "
-                                  f"{s['n']}x{m['dim']}; rebuild the index")
+                raise IndexError_(
+                    f"{path / s['dir']}: holds {sh.ntotal}x{sh.dim}, manifest says "
+                    f"{s['n']}x{m['dim']}; rebuild the index"
+                )
             shards.append(sh)
         return cls(path, m, shards)
 
@@ -303,9 +315,15 @@ class LocalIndex:
             "kind": "flat",
             "dim": store.dim,
             "ntotal": int(ids.size),
-            "store": {"path": str(store.path.resolve()), "fingerprint": store.fingerprint, "rows": int(ids.size)},
+            "store": {
+                "path": str(store.path.resolve()),
+                "fingerprint": store.fingerprint,
+                "rows": int(ids.size),
+            },
             "params": {},
-            "shards": [{"dir": None, "n": int(ids.size), "id_min": int(sorted_ids[0]), "id_max": int(sorted_ids[-1])}],
+            "shards": [
+                {"dir": None, "n": int(ids.size), "id_min": int(sorted_ids[0]), "id_max": int(sorted_ids[-1])}
+            ],
         }
         return cls(Path(f"<in-memory flat index of {store.path}>"), manifest, [shard])
 

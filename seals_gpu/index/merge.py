@@ -51,9 +51,7 @@ def sort_neighbors(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np
     return out_D, out_I
 
 
-def merge_neighbors(
-    parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def merge_neighbors(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-shard kNN results ``[(D_s, I_s), ...]`` (each (nq, k_s)) into the global top-``k``.
 
     Order-independent: similarity descending, ties by lower id. Equals the top-``k`` of one search over
