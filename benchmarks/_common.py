@@ -45,14 +45,51 @@ def make_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the small, fast version (make bench)")
     p.add_argument("--out", type=Path, default=OUT_DIR / f"{name}.json", help="JSON output path")
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions (median reported)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch and FAISS CPU threads (default: the libraries' own, all cores). On a shared, oversubscribed "
+        "machine 1 thread gives far steadier times for the many small ops of a round",
+    )
     return p
+
+
+_THREADS: dict[str, Any] = {}
+
+
+def parse(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``p.parse_args(argv)``, remembering ``--threads`` for :func:`resolve`."""
+    args = p.parse_args(argv)
+    _THREADS["n"] = getattr(args, "threads", None)
+    return args
 
 
 def resolve(device: str):
     """``seals_gpu.device.resolve_device`` (prints the choice and why)."""
     from seals_gpu.device import resolve_device
+    from seals_gpu.errors import SealsError
 
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except SealsError as e:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {e}") from None
+    threads = _THREADS.get("n")
+    if threads:
+        import faiss
+        import torch
+
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
+        what = "torch and FAISS"
+        try:  # numpy's BLAS too (scikit-learn runs on it); threadpoolctl comes with scikit-learn
+            from threadpoolctl import threadpool_limits
+
+            _THREADS["limiter"] = threadpool_limits(limits=threads)
+            what += ", BLAS/OpenMP via threadpoolctl"
+        except ImportError:
+            pass
+        print(f"threads: {threads} ({what})", flush=True)
     print(f"device: {dev.reason}", flush=True)
     return dev
 

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="seals")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, default=cm.OUT_DIR / "cache")
-    args = p.parse_args(argv)
+    args = cm.parse(p, argv)
     n = args.n or 50_000
     if args.concepts is None:
         args.concepts = [1, 8, 64] if args.quick else [1, 8, 64, 256]

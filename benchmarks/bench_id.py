@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         help="largest |U|^2 the pairwise form runs in full (default 1.1e10; --quick 5e8)",
     )
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = cm.parse(p, argv)
     sizes = sorted(args.sizes or ([20_000, 100_000] if args.quick else [100_000, 1_000_000]))
     if args.pairwise_cap is None:
         args.pairwise_cap = 5e8 if args.quick else 1.1e10

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rerank", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = cm.parse(p, argv)
     if args.build_worker is not None:
         print(json.dumps(build_worker(json.loads(args.build_worker))))
         return 0

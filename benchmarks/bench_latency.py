@@ -186,7 +186,9 @@ def measure(
     top = seals_select()
     new = [top.ids[j][: int(top.counts[j])].cpu().numpy().astype(np.int64) for j in range(C)]
     alt = seals_select_alt()
-    same = all(np.array_equal(np.sort(new[j]), np.sort(alt[0][j][: int(alt[2][j])].cpu().numpy())) for j in range(C))
+    same = all(
+        np.array_equal(np.sort(new[j]), np.sort(alt[0][j][: int(alt[2][j])].cpu().numpy())) for j in range(C)
+    )
     new_union = np.unique(np.concatenate(new))
     q = Xn[new_union]
     D_new, I_new = neighbor_rows(ivf_idx, Xn, new_union, K)  # also the graph's rows for these ids
@@ -351,10 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nprobe", type=int, default=16)
     p.add_argument("--rerank", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    sizes = sorted(
-        args.sizes or ([100_000, 1_000_000] if args.quick else [100_000, 1_000_000, 10_000_000])
-    )
+    args = cm.parse(p, argv)
+    sizes = sorted(args.sizes or ([100_000, 1_000_000] if args.quick else [100_000, 1_000_000, 10_000_000]))
     choice = cm.resolve(args.device)
     t0 = time.perf_counter()
     X, cluster = cm.clustered_vectors(sizes[-1], D, seed=args.seed)

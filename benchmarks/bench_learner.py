@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--pos-frac", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = cm.parse(p, argv)
     reps = args.repeats or (2 if args.quick else 3)
     choice = cm.resolve(args.device)
     dev = choice.torch_device

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-full-supervision", action="store_true")
     p.add_argument("--runs-dir", type=Path, default=cm.OUT_DIR / "paper", help="where the run folders go")
     p.add_argument("--cache", type=Path, default=cm.OUT_DIR / "cache")
-    args = p.parse_args(argv)
+    args = cm.parse(p, argv)
     n_concepts = args.concepts or (3 if args.quick else 30)
     budget = args.budget or (600 if args.quick else 2000)
     ks = [int(k) for k in args.k.split(",")]

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learner-json", type=Path, default=None)
     p.add_argument("--index-json", type=Path, default=None)
     p.add_argument("--rates-json", type=Path, default=None, help="override any rate: {name: value}")
-    args = p.parse_args(argv)
+    args = cm.parse(p, argv)
     cm.resolve(args.device)
     t0 = time.perf_counter()
     rates = rates_from_json(args)
