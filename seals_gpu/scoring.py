@@ -317,6 +317,22 @@ def merge_topb(a: TopB, c: TopB, b: int) -> TopB:
     )
 
 
+def _topk_cols(S: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``S`` (R, n), the ``kk`` best columns by (score desc, column asc) and their scores, best
+    first. Columns stand for ascending ids, so ties go to the lower id."""
+    R = S.shape[0]
+    t = torch.topk(S, kk, dim=1, largest=True, sorted=False).values.amin(dim=1)
+    sel = S >= t[:, None]
+    if not bool((sel.sum(dim=1) == kk).all()):  # a tie group straddles the k-th place: take lower ids
+        gt = S > t[:, None]
+        need = kk - gt.sum(dim=1)
+        eq = S == t[:, None]
+        sel = gt | (eq & (eq.cumsum(dim=1, dtype=torch.int32) <= need[:, None]))
+    cols = sel.nonzero()[:, 1].view(R, kk)  # row-major: ascending columns = ascending ids
+    vals, o = torch.sort(S.gather(1, cols), dim=1, descending=True, stable=True)
+    return vals, cols.gather(1, o)
+
+
 def _rowwise_topb(S: torch.Tensor, ids: torch.Tensor, k: int) -> TopB:
     """Top-k of each row of ``S`` (R, n) by (score desc, id asc); ``ids`` (n,) must be ascending.
 
@@ -326,17 +342,7 @@ def _rowwise_topb(S: torch.Tensor, ids: torch.Tensor, k: int) -> TopB:
     kk = min(k, n)
     if kk == 0:
         return TopB.empty(R, 0, S.device, S.dtype)
-    t = torch.topk(S, kk, dim=1, largest=True, sorted=False).values.amin(dim=1)
-    sel = S >= t[:, None]
-    if not bool((sel.sum(dim=1) == kk).all()):  # a tie group straddles the k-th place: take lower ids
-        gt = S > t[:, None]
-        need = kk - gt.sum(dim=1)
-        eq = S == t[:, None]
-        sel = gt | (eq & (eq.cumsum(dim=1, dtype=torch.int32) <= need[:, None]))
-    cols = sel.nonzero()[:, 1].view(R, kk)  # row-major: ascending columns = ascending ids
-    vals = S.gather(1, cols)
-    vals, o = torch.sort(vals, dim=1, descending=True, stable=True)
-    cols = cols.gather(1, o)
+    vals, cols = _topk_cols(S, kk)
     valid = vals > _NEG_INF
     return TopB(torch.where(valid, ids[cols], -1), vals, valid.sum(dim=1))
 
@@ -434,17 +440,7 @@ def _padded_topb(P: torch.Tensor, I: torch.Tensor, counts: torch.Tensor, k: int)
     out.counts = counts
     if kk == 0 or U == 0:
         return out
-    t = torch.topk(P, kk, dim=1, largest=True, sorted=False).values.amin(dim=1)
-    sel = P >= t[:, None]
-    if not bool((sel.sum(dim=1) == kk).all()):  # a tie group straddles the k-th place: lower ids win
-        gt = P > t[:, None]
-        need = kk - gt.sum(dim=1)
-        eq = P == t[:, None]
-        sel = gt | (eq & (eq.cumsum(dim=1, dtype=torch.int32) <= need[:, None]))
-    cols = sel.nonzero()[:, 1].view(U, kk)
-    vals = P.gather(1, cols)
-    vals, o = torch.sort(vals, dim=1, descending=True, stable=True)
-    cols = cols.gather(1, o)
+    vals, cols = _topk_cols(P, kk)
     valid = torch.arange(kk, device=P.device)[None, :] < counts[:, None]
     out.ids[:, :kk] = torch.where(valid, I.gather(1, cols), -1)
     out.scores[:, :kk] = torch.where(valid, vals, torch.full_like(vals, _NEG_INF))
