@@ -408,27 +408,29 @@ def _score_select_torch(
     cdt: torch.dtype,
     chunk_rows: int,
 ) -> TopB:
+    """Chunked scoring (bounded temporaries), then one segmented top-b over all the scores.
+
+    Scores are kept for the whole batch (M floats, a third of the ids' size) so the selection runs once:
+    a per-segment ``topk(b)`` prefilter and a sort of the survivors (:func:`strategies.select_topk_segmented`,
+    same order: score desc, id asc, NaN last). Merging per-chunk top-b results instead was measured
+    1.8-4.7x slower on CPU (three argsorts per chunk plus a (U, 2b) sort per merge)."""
+    from .strategies import select_topk_segmented
+
     dev = emb.device
-    U = W.shape[0]
     M = rows.numel()
     W, bias = W.to(cdt), bias.to(cdt)
     ref = None if ref is None else ref.to(cdt)
     kind_h = kind.cpu().numpy()
-    out = TopB.empty(U, b, dev, cdt)
+    scores = torch.empty(M, dtype=cdt, device=dev)
     for s in range(0, M, chunk_rows):
         e = min(M, s + chunk_rows)
         u0, u1 = _unit_range(off_h, s, e)
         loc = np.clip(off_h[u0 : u1 + 2], s, e) - s
-        loc_t = torch.from_numpy(loc).to(dev)
-        scores = _score_chunk(emb, rows[s:e], loc, u0, W, bias, kind_h, ref, beta, cdt)
-        part = _segmented_topb(scores, ids[s:e], loc_t, b)
-        cur = TopB(out.ids[u0 : u1 + 1], out.scores[u0 : u1 + 1], out.counts[u0 : u1 + 1])
-        merged = merge_topb(cur, part, b)
-        out.ids[u0 : u1 + 1] = merged.ids
-        out.scores[u0 : u1 + 1] = merged.scores
-        out.counts[u0 : u1 + 1] = merged.counts
-    out.scores = out.scores.to(torch.float32)
-    return out
+        scores[s:e] = _score_chunk(emb, rows[s:e], loc, u0, W, bias, kind_h, ref, beta, cdt)
+    sel_ids, sel_sc, counts = select_topk_segmented(scores, ids, torch.from_numpy(off_h).to(dev), b)
+    valid = torch.arange(b, device=dev)[None, :] < counts[:, None]
+    sel_sc = torch.where(valid, sel_sc, torch.full_like(sel_sc, _NEG_INF))
+    return TopB(sel_ids, sel_sc.to(torch.float32), counts)
 
 
 def _padded_topb(P: torch.Tensor, I: torch.Tensor, counts: torch.Tensor, k: int) -> TopB:
@@ -447,7 +449,9 @@ def _padded_topb(P: torch.Tensor, I: torch.Tensor, counts: torch.Tensor, k: int)
     return out
 
 
-def _dense_profitable(rows: torch.Tensor, ids: torch.Tensor, off_h: np.ndarray, U: int) -> tuple | None:
+def _dense_profitable(
+    rows: torch.Tensor, ids: torch.Tensor, off_h: np.ndarray, U: int, n_rows: int
+) -> tuple | None:
     """Whether the union-GEMM path beats per-row gathers, and its inputs: the distinct rows of all units
     (pools of one concept's strategies overlap heavily) scored against every unit in one matmul."""
     M = rows.numel()
@@ -463,11 +467,16 @@ def _dense_profitable(rows: torch.Tensor, ids: torch.Tensor, off_h: np.ndarray, 
     rising[1:] = ids[1:] > ids[:-1]
     if not bool((rising | torch.from_numpy(starts)).all()):
         return None  # the padded top-b needs ascending ids within each segment (pools are sorted)
-    ur, inv = torch.unique(rows, return_inverse=True)
-    R = ur.numel()
+    # Count the distinct rows with a bitmap over emb's rows (O(M + N), no sort): a sort-based unique of
+    # millions of candidates cost more than the GEMM path saves when the answer is "not profitable".
+    mark = torch.zeros(n_rows, dtype=torch.bool)
+    mark[rows] = True
+    R = int(mark.sum())
     if R * U > 16 * M or R * U > (1 << 26):
         return None
-    return ur, inv, lens, L
+    ur = mark.nonzero().squeeze(1)
+    pos = torch.cumsum(mark, 0, dtype=torch.int64) - 1
+    return ur, pos[rows], lens, L
 
 
 def _score_select_dense(
@@ -620,7 +629,7 @@ def score_select(
     if chunk < 1:
         raise ConfigError(f"chunk_rows={chunk_rows}; must be >= 1")
     if backend == "auto" and chunk_rows is None:
-        plan = _dense_profitable(rows, ids, off_h, int(W_.shape[0]))
+        plan = _dense_profitable(rows, ids, off_h, int(W_.shape[0]), int(emb.shape[0]))
         if plan is not None:
             return _score_select_dense(
                 emb, ids, off_h, plan, W_, bias, kind, ref, float(beta), b, compute_dtype

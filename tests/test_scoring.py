@@ -382,7 +382,7 @@ def test_dense_union_path_equals_reference_on_separated_scores():
     bias = torch.randn(U, generator=g)
     kind = torch.tensor([1, 0, 2] * 3, dtype=torch.int8)
     ref = torch.nn.functional.normalize(torch.randn(U, d, generator=g), dim=1)
-    plan = scoring._dense_profitable(rows, ids, off.numpy(), U)
+    plan = scoring._dense_profitable(rows, ids, off.numpy(), U, N)
     assert plan is not None, "this batch should take the dense path"
     fast = scoring.score_select(emb, rows, ids, off, W, bias, kind, ref, 1.0, 37, backend="auto")
     slow = scoring.score_select(emb, rows, ids, off, W, bias, kind, ref, 1.0, 37, backend="torch")
