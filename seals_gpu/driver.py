@@ -41,7 +41,7 @@ from .index.build import LocalIndex
 from .learner import LogisticModel, fit_logistic
 from .metrics import average_precision
 from .oracle import Oracle, SimulatedOracle
-from .pool import CandidatePool, isin_sorted, to_csr
+from .pool import CandidatePool, NeighborCache, isin_sorted, to_csr
 from .scoring import TopB
 from .store import Store, prevalence_range
 from .strategies import binary_entropy, random_scores, select_topk_segmented
@@ -285,27 +285,26 @@ class Run:
         self.selections: list[dict[str, np.ndarray]] = []
         self.round = -1
         self.already_finished = False  # set by start(resume=True) on a run that had already ended
-        self._nbr_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._nbr = NeighborCache(config.k)
         self._test_x: torch.Tensor | None = None
         self._test_y: dict[Any, np.ndarray] = {
             c: isin_sorted(self.test_ids, positives[c]) for c in config.concepts
         }
 
     # ------------------------------------------------------------------ neighbours
-    def neighbors(self, ids: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """k nearest neighbours (ids, sims) of each id, from the graph or one batched search; cached."""
-        ids = np.unique(np.asarray(ids, dtype=np.int64))
-        todo = np.asarray([i for i in ids.tolist() if i not in self._nbr_cache], dtype=np.int64)
+    def neighbors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest neighbours ``(D (n, k), I (n, k))`` of each id (-inf / -1 padded), from the graph or one
+        batched search for the ids not seen before; cached for the run."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        todo = self._nbr.missing(ids)
         if todo.size:
             k = self.config.k
             if self.graph is not None:
                 D, I = self.graph.lookup(todo, k)
             else:
                 D, I = self.backend.search(self.backend.vectors(todo), k, exclude_ids=todo)
-            for j, i in enumerate(todo.tolist()):
-                keep = I[j] >= 0
-                self._nbr_cache[i] = (I[j][keep], D[j][keep])
-        return {i: self._nbr_cache[i] for i in ids.tolist()}
+            self._nbr.add(todo, D, I)
+        return self._nbr.lookup(ids)
 
     def _expand(self, new_by_unit: dict[int, np.ndarray]) -> float:
         """Grow every SEALS unit's pool with the neighbours of its newly labeled ids."""
@@ -313,11 +312,16 @@ class Run:
         seals = {u: ids for u, ids in new_by_unit.items() if self.units[u].mode == "seals"}
         if not seals:
             return 0.0
-        nb = self.neighbors(np.concatenate(list(seals.values())))
+        new_all = np.concatenate(list(seals.values()))
+        _, I_all = self.neighbors(new_all)  # one search (or graph lookup) for every unit's new ids
+        start = 0
         for u, new in seals.items():
             unit = self.units[u]
-            cand = np.concatenate([nb[i][0] for i in new.tolist()]) if new.size else np.empty(0, np.int64)
-            cand = cand[isin_sorted(cand, self.train_ids)]
+            cand = I_all[start : start + new.size].ravel()
+            start += new.size
+            cand = cand[cand >= 0]
+            cand = cand[~isin_sorted(cand, unit.pool.ids)]  # mostly pooled already: filter before the rest
+            cand = cand[isin_sorted(cand, self.train_ids)]  # test ids never enter a pool
             added = unit.pool.grow(cand, np.sort(unit.labeled_ids))
             if unit.strategy == "id" and added.size:
                 unit.ref_sum = unit.ref_sum + self.backend.sum_vectors(added)
@@ -424,12 +428,12 @@ class Run:
                 block = cand[s : s + 65_536]
                 x = torch.from_numpy(self.backend.vectors(block)).to(w.device)
                 p = torch.sigmoid((x @ w + b).double())
-                if u.strategy == "id-knn":
-                    nb = self.neighbors(block)
-                    dens = np.array(
-                        [float(np.mean(nb[i][1])) if nb[i][1].size else 0.0 for i in block.tolist()]
-                    )
-                    dens_t = torch.from_numpy(dens)
+                if u.strategy == "id-knn":  # mean similarity to the k nearest neighbours (0 without any)
+                    D, I = self.neighbors(block)
+                    valid = I >= 0
+                    cnt = valid.sum(axis=1)
+                    tot = np.where(valid, D, 0.0).astype(np.float64).sum(axis=1)
+                    dens_t = torch.from_numpy(np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0))
                 else:  # id-pairwise: the naive quadratic form the paper ran, chunked
                     dens_t = torch.zeros(x.shape[0], dtype=torch.float64, device=w.device)
                     for r in range(0, ref.shape[0], 16_384):

@@ -1,0 +1,129 @@
+"""Candidate pools and the neighbour cache against plain set/dict references, and the driver's pools
+against their definition P = (union of the kNN of the labeled ids) ∩ train − labeled, by brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seals_gpu.config import RunConfig
+from seals_gpu.driver import Run
+from seals_gpu.pool import CandidatePool, NeighborCache, to_csr
+
+from .conftest import clustered
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pool_grow_and_remove_match_sets(seed):
+    rng = np.random.default_rng(seed)
+    pool = CandidatePool.empty()
+    ref: set[int] = set()
+    labeled: set[int] = set()
+    for _ in range(30):
+        nb = rng.integers(-1, 400, size=int(rng.integers(0, 60)))
+        lab = np.array(sorted(labeled), dtype=np.int64)
+        added = pool.grow(nb, lab)
+        want = {int(v) for v in nb if v >= 0} - labeled - ref
+        assert sorted(want) == added.tolist()
+        ref |= want
+        gone = rng.integers(0, 450, size=int(rng.integers(0, 8)))
+        gone = np.unique(gone)
+        removed = pool.remove(gone)
+        assert sorted(removed.tolist()) == sorted(int(g) for g in gone if int(g) in ref)
+        ref -= {int(g) for g in gone}
+        labeled |= {int(g) for g in gone}
+        assert pool.ids.tolist() == sorted(ref), "pool must stay sorted and equal to the set"
+        assert pool.ids.dtype == np.int64
+
+
+def test_pool_remove_with_repeats_and_empty():
+    pool = CandidatePool(np.array([2, 5, 9], dtype=np.int64))
+    assert pool.remove(np.array([5, 5, 7])).tolist() == [5, 5]
+    assert pool.ids.tolist() == [2, 9]
+    assert pool.remove(np.empty(0, np.int64)).size == 0
+    assert CandidatePool.empty().remove(np.array([1])).size == 0
+
+
+def test_neighbor_cache_matches_a_dict():
+    rng = np.random.default_rng(3)
+    k = 7
+    cache = NeighborCache(k)
+    ref: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for _ in range(40):  # many small adds: the tables grow past their first capacity (1024)
+        ids = cache.missing(rng.choice(10**9, size=60, replace=False))
+        width = int(rng.integers(3, k + 3))  # fewer neighbours than k are padded, more are cut
+        I = rng.integers(-1, 10**6, size=(ids.size, width))
+        D = rng.normal(size=(ids.size, width)).astype(np.float32)
+        cache.add(ids, D, I)
+        for j, i in enumerate(ids.tolist()):
+            ref[i] = (D[j], I[j])
+    assert len(cache) == len(ref) > 1024
+    keys = np.array(list(ref), dtype=np.int64)
+    q = rng.choice(keys, size=500)  # any order, repeats allowed
+    D, I = cache.lookup(q)
+    for j, i in enumerate(q.tolist()):
+        d0, i0 = ref[i]
+        w = min(k, i0.size)
+        assert I[j, :w].tolist() == i0[:w].tolist()
+        assert (I[j, w:] == -1).all()
+        want_d = np.where(i0[:w] >= 0, d0[:w], -np.inf)
+        assert np.array_equal(D[j, :w], want_d.astype(np.float32))
+        assert np.isneginf(D[j, w:]).all()
+    assert cache.missing(np.r_[keys[:3], 10**9 + 1]).tolist() == [10**9 + 1]
+    with pytest.raises(KeyError, match="not in the neighbour cache"):
+        cache.lookup(np.array([10**9 + 1]))
+    with pytest.raises(ValueError, match="must both be"):
+        cache.add(np.array([10**9 + 5]), np.zeros((2, k)), np.zeros((2, k)))
+
+
+def test_to_csr():
+    ids, off = to_csr([np.array([3, 4]), np.empty(0, np.int64), np.array([1])])
+    assert ids.tolist() == [3, 4, 1] and off.tolist() == [0, 2, 2, 3]
+
+
+def test_driver_pools_equal_their_definition(tmp_path):
+    """Every round, each SEALS pool equals the brute-force kNN union of its labeled ids, restricted to the
+    train split, minus the labeled ids (exact flat index: neighbours by cosine, ties to the lower id)."""
+    from seals_gpu.store import write_store
+
+    ids, x, labels = clustered(2500, 12, seed=5)
+    store = write_store(tmp_path / "store", ids, x, labels=labels)
+    order = np.argsort(ids)
+    sid = ids[order]
+    xn = x[order] / np.linalg.norm(x[order], axis=1, keepdims=True)
+    k = 9
+    sims = xn.astype(np.float64) @ xn.astype(np.float64).T
+    np.fill_diagonal(sims, -np.inf)
+    # rank by (sim desc, id asc): ids are sorted, so a stable sort on -sim does it
+    knn = sid[np.argsort(-sims, axis=1, kind="stable")[:, :k]]
+    nbr = {int(i): knn[j] for j, i in enumerate(sid)}
+
+    cfg = RunConfig(
+        store=str(store.path),
+        store_fingerprint=store.fingerprint,
+        concepts=(0, 1),
+        strategies=("maxent", "id"),
+        modes=("seals",),
+        budget=130,
+        k=k,
+        batch=25,
+        seed_positives=3,
+        seed_negatives=27,
+    )
+    checked = []
+
+    class Watch(Run):
+        def _record(self, round_no, t):
+            super()._record(round_no, t)
+            for u in self.units:
+                lab = u.labeled_ids
+                want = np.unique(np.concatenate([nbr[int(i)] for i in lab]))
+                want = want[np.isin(want, self.train_ids) & ~np.isin(want, lab)]
+                assert u.pool.ids.tolist() == want.tolist(), f"round {round_no}, unit {u.index}"
+                if u.strategy == "id":  # the id reference sum follows the pool
+                    ref = store.take(u.pool.ids).astype(np.float64).sum(axis=0)
+                    np.testing.assert_allclose(u.ref_sum, ref, atol=1e-4)
+            checked.append(round_no)
+
+    Watch(cfg, tmp_path / "run", store=store, progress=False, log=lambda *a: None).start()
+    assert checked == list(range(cfg.n_rounds + 1))
