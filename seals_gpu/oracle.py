@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .pool import isin_sorted
 from .store import Store
 
 
@@ -37,4 +38,6 @@ class SimulatedOracle:
     def label(self, concept: Any, ids: np.ndarray) -> np.ndarray:
         if concept not in self.positives:
             raise KeyError(f"the oracle knows no concept {concept!r}")
-        return np.isin(np.asarray(ids, dtype=np.int64), self.positives[concept], assume_unique=False)
+        return isin_sorted(np.asarray(ids, dtype=np.int64).ravel(), self.positives[concept]).reshape(
+            np.shape(ids)
+        )

@@ -28,11 +28,10 @@ class CandidatePool:
         O(|new| log |pool| + |pool|): the new ids are inserted at their sorted places (one memmove of the
         pool), never re-sorted with it.
         """
-        nb = np.asarray(neighbors, dtype=np.int64).ravel()
+        nb = sorted_unique(np.asarray(neighbors, dtype=np.int64).ravel())
         nb = nb[nb >= 0]
-        nb = nb[~_isin_sorted(nb, self.ids)]  # most neighbours are already pooled: drop them before sorting
-        nb = np.unique(nb)
-        new = nb[~_isin_sorted(nb, labeled_sorted)]
+        nb = nb[~_isin_sorted(nb, labeled_sorted)]
+        new = nb[~_isin_sorted(nb, self.ids)]
         if new.size:
             self.ids = np.insert(self.ids, np.searchsorted(self.ids, new), new)
         return new
@@ -50,6 +49,18 @@ class CandidatePool:
 
     def __len__(self) -> int:
         return int(self.ids.size)
+
+
+def sorted_unique(x: np.ndarray) -> np.ndarray:
+    """``np.unique`` of a 1-D int64 array by a plain sort and a neighbour comparison.
+
+    numpy 2.3+ routes ``np.unique`` through a hash table, measured ~30x slower than ``np.sort`` on 10k
+    int64 ids; sorted queries also make the ``searchsorted`` membership tests that follow ~6x faster.
+    """
+    x = np.sort(x)
+    if x.size > 1:
+        x = x[np.concatenate(([True], x[1:] != x[:-1]))]
+    return x
 
 
 def _isin_sorted(x: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
@@ -85,7 +96,7 @@ class NeighborCache:
 
     def missing(self, ids: np.ndarray) -> np.ndarray:
         """The distinct ``ids`` not cached yet (sorted)."""
-        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        ids = sorted_unique(np.asarray(ids, dtype=np.int64).ravel())
         return ids[~_isin_sorted(ids, self._keys)]
 
     def add(self, ids: np.ndarray, D: np.ndarray, I: np.ndarray) -> None:

@@ -29,6 +29,7 @@ import torch
 
 from . import kernels
 from .errors import ConfigError
+from .pool import sorted_unique
 
 __all__ = [
     "TopB",
@@ -702,11 +703,11 @@ class _Exclusion:
             return
         if len(exclude) != U:
             raise ValueError(f"exclude must hold one id array per unit ({U}), got {len(exclude)}")
-        arrays = [np.unique(np.asarray([] if e is None else e, dtype=np.int64).ravel()) for e in exclude]
+        arrays = [sorted_unique(np.asarray([] if e is None else e, dtype=np.int64).ravel()) for e in exclude]
         sizes = [a.size for a in arrays]
         if sum(sizes) == 0:
             return
-        union = np.unique(np.concatenate(arrays))
+        union = sorted_unique(np.concatenate(arrays))
         L = int(union.size)
         if U * L >= 2**62:
             raise ValueError(f"too many excluded ids ({L}) for {U} units")

@@ -148,3 +148,26 @@ def test_merge_neighbors_is_global_topk_and_order_free(nshards, per, k, seed):
         cand = sorted((-sims[s, q, j], int(all_ids[s, j])) for s in range(nshards) for j in range(per))[:k]
         expect = [i for _, i in cand] + [-1] * (k - len(cand))
         assert I[q].tolist() == expect
+
+
+@pytest.mark.parametrize("spacing", [1, 2, 3, 1000])  # dense (lookup table) and sparse (binary search) ids
+def test_shard_positions_match_a_dict_and_reject_unknown_ids(spacing):
+    from seals_gpu.index.shard import IndexShard
+
+    rng = np.random.default_rng(spacing)
+    n = 500
+    ids = np.sort(rng.choice(n * spacing, size=n, replace=False)).astype(np.int64) + 40
+    shard = IndexShard(ids, np.zeros((n, 4), np.float32), kind="flat")
+    where = {int(i): r for r, i in enumerate(ids)}
+    q = rng.choice(ids, size=2000)
+    assert shard.positions(q).tolist() == [where[int(i)] for i in q]
+    assert shard.positions(q.reshape(40, 50)).shape == (40, 50)
+    assert (shard._position_table() is not None) == (spacing <= 2)
+    missing = np.setdiff1d(np.arange(ids[0] - 3, ids[-1] + 4), ids)[:3]
+    for bad in (missing, np.array([-5]), np.array([ids[-1] + 10**12])):
+        with pytest.raises(IndexError_, match=r"are not in this index"):
+            shard.positions(np.r_[q[:4], bad])
+    empty = IndexShard(np.empty(0, np.int64), np.zeros((0, 4), np.float32), kind="flat")
+    assert empty.positions(np.empty(0, np.int64)).size == 0
+    with pytest.raises(IndexError_, match="not in this index"):
+        empty.positions(np.array([1]))

@@ -228,15 +228,48 @@ class IndexShard:
         return int(self.vectors.shape[1])
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
-        """Row positions of ``ids`` in this shard; raises naming the ids it does not own."""
+        """Row positions of ``ids`` in this shard; raises naming the ids it does not own.
+
+        When the shard's ids are dense (their range at most twice their count, the usual case) a direct
+        int32 lookup table is built once (no larger than ``ids`` itself) and each query is one gather,
+        several times faster than a binary search per id; otherwise ``searchsorted``."""
         ids = np.asarray(ids, dtype=np.int64)
-        pos = np.searchsorted(self.ids, ids)
-        pos_c = np.minimum(pos, max(self.ids.size - 1, 0))
-        ok = (self.ids.size > 0) & (self.ids[pos_c] == ids) if self.ids.size else np.zeros(ids.shape, bool)
+        n = self.ids.size
+        if n == 0:
+            if ids.size:
+                raise IndexError_(
+                    f"ids {ids.ravel()[:5].tolist()} are not in this index; pass ids from the store it was built on"
+                )
+            return np.zeros(ids.shape, dtype=np.int64)
+        table = self._position_table()
+        if table is not None:
+            lo = int(self.ids[0])
+            off = ids - lo
+            inside = (off >= 0) & (off < table.size)
+            pos = table[np.where(inside, off, 0)].astype(np.int64)
+            ok = inside & (pos >= 0)
+            pos = np.where(ok, pos, 0)
+        else:
+            pos = np.minimum(np.searchsorted(self.ids, ids), n - 1)
+            ok = self.ids[pos] == ids
         if not np.all(ok):
             bad = ids[~ok][:5].tolist()
             raise IndexError_(f"ids {bad} are not in this index; pass ids from the store it was built on")
-        return pos_c
+        return pos
+
+    def _position_table(self) -> np.ndarray | None:
+        """``table[id - ids[0]]`` = row of ``id`` or -1, for dense ids below 2**31 rows; else None."""
+        table = getattr(self, "_pos_table", None)
+        if table is not None or getattr(self, "_pos_table_checked", False):
+            return table
+        self._pos_table_checked = True
+        n = self.ids.size
+        span = int(self.ids[-1]) - int(self.ids[0]) + 1
+        if n < 2**31 and span <= 2 * n:
+            table = np.full(span, -1, dtype=np.int32)
+            table[self.ids - self.ids[0]] = np.arange(n, dtype=np.int32)
+            self._pos_table = table
+        return table
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
