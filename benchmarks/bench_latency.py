@@ -302,21 +302,6 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "met": (growth <= 1.5) if m == "seals-graph" else None,
                 }
             )
-        g_lo, g_hi = get(lo, "seals-graph"), get(hi, "seals-graph")
-
-        def alt_round(g):
-            return g["fit_s"] + g["search_s"] + g["select_alt_s"]
-
-        growth = alt_round(g_hi) / alt_round(g_lo)
-        out.append(
-            {
-                "concepts": C,
-                "check": "seals-graph round growth, select_topk_segmented select",
-                "value": growth,
-                "target": "(what-if)",
-                "met": None,
-            }
-        )
         for n in sizes:
             g = get(n, "seals-graph")
             out.append(
@@ -326,15 +311,6 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "value": g["sel_x"],
                     "target": f">= {g['ideal'] / 2:.1f}",
                     "met": g["sel_x"] >= g["ideal"] / 2,
-                }
-            )
-            out.append(
-                {
-                    "concepts": C,
-                    "check": f"  same, select_topk_segmented select at {cm.fmt_n(n)}",
-                    "value": g["sel_x_alt"],
-                    "target": "(what-if)",
-                    "met": None,
                 }
             )
     return out

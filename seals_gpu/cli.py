@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="IVF-PQ fetches RERANK*k candidates and re-ranks them exactly (default 4)",
     )
+    ib.add_argument(
+        "--train-size",
+        type=_positive_int,
+        default=None,
+        help="IVF-PQ training rows sampled from the store (default 64 per list, 65,536 to 262,144)",
+    )
     ib.add_argument("--shards", type=_positive_int, default=1, help="number of shards (default 1)")
     ib.add_argument("--ray", action="store_true", help="fill shards in parallel Ray tasks")
     ib.add_argument("--ray-address", default=None, help="join this Ray cluster (else RAY_ADDRESS or local)")
@@ -274,7 +280,13 @@ def _cmd_index(a: argparse.Namespace) -> int:
 
         check_writable(a.out)
         spec = IndexSpec(
-            kind=a.kind, nlist=a.nlist, pq_m=a.pq_m, nprobe=a.nprobe, rerank=a.rerank, shards=a.shards
+            kind=a.kind,
+            nlist=a.nlist,
+            pq_m=a.pq_m,
+            nprobe=a.nprobe,
+            rerank=a.rerank,
+            shards=a.shards,
+            train_size=a.train_size,
         )
         fill = None
         if a.ray:

@@ -44,12 +44,15 @@ def test_store_index_end_to_end(tmp_path, capsys):
     code, out, _ = _run(["store", "validate", store], capsys)
     assert code == 0 and "ok" in out
     code, out, _ = _run(
-        ["index", "build", store, idx, "--kind", "ivfpq", "--nlist", 16, "--pq-m", 4, "--shards", 2], capsys
+        ["index", "build", store, idx, "--kind", "ivfpq", "--nlist", 16, "--pq-m", 4, "--shards", 2]
+        + ["--train-size", 1000],
+        capsys,
     )
     assert code == 0 and "ivfpq" in out and "2 shard(s)" in out
     code, out, _ = _run(["index", "info", idx], capsys)
     d = json.loads(out)
     assert d["kind"] == "ivfpq" and d["shards"] == 2 and d["ntotal"] == 3000
+    assert d["params"]["train_size"] == 1000, d
 
 
 @pytest.mark.parametrize(

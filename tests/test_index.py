@@ -171,3 +171,14 @@ def test_shard_positions_match_a_dict_and_reject_unknown_ids(spacing):
     assert empty.positions(np.empty(0, np.int64)).size == 0
     with pytest.raises(IndexError_, match="not in this index"):
         empty.positions(np.array([1]))
+
+
+def test_ivf_training_sample_defaults_are_capped():
+    from seals_gpu.index.build import TRAIN_SIZE_CAP
+
+    small = IndexSpec(kind="ivfpq").resolve(200_000, 64)
+    assert small["train_size"] == max(65_536, 64 * small["nlist"])
+    big = IndexSpec(kind="ivfpq").resolve(10**7, 128)
+    assert big["nlist"] == 16_384 and big["train_size"] == TRAIN_SIZE_CAP
+    assert IndexSpec(kind="ivfpq", train_size=5000).resolve(10**7, 128)["train_size"] == 5000
+    assert IndexSpec(kind="ivfpq", nlist=64).resolve(1000, 8)["train_size"] == 1000  # never above n

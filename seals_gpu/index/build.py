@@ -33,6 +33,9 @@ FORMAT = "seals_gpu.index/1"
 FLAT_MAX_ROWS = 1_000_000  # `--kind auto`: exact flat search up to this many rows, IVF-PQ above
 
 
+TRAIN_SIZE_CAP = 262_144  # default cap on IVF-PQ training rows (override with --train-size)
+
+
 @dataclass(frozen=True)
 class IndexSpec:
     """What to build. ``None`` fields default from the store's size (:func:`default_ivf_params`)."""
@@ -74,7 +77,11 @@ class IndexSpec:
                     f"--nlist {p['nlist']} needs at least {p['nlist']} training vectors, the store "
                     f"has {n}; lower --nlist or use --kind flat"
                 )
-            p["train_size"] = int(self.train_size or min(n, max(65_536, 64 * p["nlist"])))
+            # 64 points per coarse centroid, but at most TRAIN_SIZE_CAP: k-means cost is sample x nlist, so at
+            # 1e7 rows (nlist 16,384) an uncapped sample (1M) would make training alone take hours on a few cores.
+            p["train_size"] = int(
+                self.train_size or min(n, max(65_536, min(64 * p["nlist"], TRAIN_SIZE_CAP)))
+            )
             p["seed"] = self.seed
             out.update(p)
         return out
