@@ -468,12 +468,20 @@ def _dense_profitable(
     rising[1:] = ids[1:] > ids[:-1]
     if not bool((rising | torch.from_numpy(starts)).all()):
         return None  # the padded top-b needs ascending ids within each segment (pools are sorted)
-    # Count the distinct rows with a bitmap over emb's rows (O(M + N), no sort): a sort-based unique of
+    if U == 1:
+        return None  # nothing to share: one gather per row either way, and the chunked path copies less
+    if 8 * M < n_rows:  # few candidates in a big matrix: sort them (O(M log M), nothing of size N)
+        ur, inv = torch.unique(rows, return_inverse=True)
+        R = ur.numel()
+        if R * U > 16 * M or R * U > (1 << 26) or 2 * R > M:
+            return None
+        return ur, inv, lens, L
+    # Many candidates: count the distinct rows with a bitmap over emb's rows (O(M + N), no sort); a sort of
     # millions of candidates cost more than the GEMM path saves when the answer is "not profitable".
     mark = torch.zeros(n_rows, dtype=torch.bool)
     mark[rows] = True
     R = int(mark.sum())
-    if R * U > 16 * M or R * U > (1 << 26):
+    if R * U > 16 * M or R * U > (1 << 26) or 2 * R > M:  # the GEMM pays only when rows are shared
         return None
     ur = mark.nonzero().squeeze(1)
     pos = torch.cumsum(mark, 0, dtype=torch.int64) - 1

@@ -366,15 +366,18 @@ def test_score_all_validation() -> None:
     assert empty.counts.tolist() == [0, 0]
 
 
-def test_dense_union_path_equals_reference_on_separated_scores():
+@pytest.mark.parametrize("N", [3000, 60_000])  # many candidates per row (bitmap plan) / few (sorted plan)
+def test_dense_union_path_equals_reference_on_separated_scores(N):
     """The CPU union-GEMM fast path (auto) selects what the per-row reference selects; scores agree to
     float rounding. Scores are well separated here (mlp on a wide logit range) so rounding cannot reorder."""
     from seals_gpu import scoring
 
     g = torch.Generator().manual_seed(11)
-    N, d, U = 3000, 32, 9
+    d, U = 32, 9
     emb = torch.nn.functional.normalize(torch.randn(N, d, generator=g), dim=1)
-    pools = [torch.sort(torch.randperm(N, generator=g)[: 400 + 50 * u]).values for u in range(U)]
+    pools = [
+        torch.sort(torch.randperm(2000, generator=g)[: 400 + 50 * u]).values for u in range(U)
+    ]  # shared rows
     rows = torch.cat(pools)
     ids = rows * 5 + 3
     off = torch.tensor([0] + [int(p.numel()) for p in pools]).cumsum(0)
@@ -384,6 +387,8 @@ def test_dense_union_path_equals_reference_on_separated_scores():
     ref = torch.nn.functional.normalize(torch.randn(U, d, generator=g), dim=1)
     plan = scoring._dense_profitable(rows, ids, off.numpy(), U, N)
     assert plan is not None, "this batch should take the dense path"
+    n0 = int(off[1])  # one unit: nothing is shared, the per-row path is taken
+    assert scoring._dense_profitable(rows[:n0], ids[:n0], np.array([0, n0]), 1, N) is None
     fast = scoring.score_select(emb, rows, ids, off, W, bias, kind, ref, 1.0, 37, backend="auto")
     slow = scoring.score_select(emb, rows, ids, off, W, bias, kind, ref, 1.0, 37, backend="torch")
     mlp = kind == 1
