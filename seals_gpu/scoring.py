@@ -510,17 +510,24 @@ def _score_select_dense(
     unit_of = torch.repeat_interleave(torch.arange(U, device=dev), lens_t)
     X = emb[ur].to(cdt)
     Wc = W.to(cdt)
-    z = (X @ Wc.T + bias.to(cdt))[inv, unit_of]
+    # (U, R) layout: each unit's candidates are read along one row in ascending order (rows ascend with
+    # ids in a pool), ~5x faster than picking them out of the columns of an (R, U) product.
+    z = torch.addmm(bias.to(cdt)[:, None], Wc, X.T)[unit_of, inv]
     kind_c = kind.to(dev)[unit_of]
     sim = None
     if ref is not None and bool((kind == KIND_ID).any()):
-        sim = (X @ ref.to(cdt).T)[inv, unit_of]
+        sim = (ref.to(cdt) @ X.T)[unit_of, inv]
     sc = strategy_scores(z, kind_c, sim, beta)
-    col = torch.arange(unit_of.numel(), device=dev) - torch.from_numpy(off_h[:-1]).to(dev)[unit_of]
-    P = torch.full((U, L), _NEG_INF, dtype=sc.dtype, device=dev)
-    P[unit_of, col] = sc
-    I = torch.full((U, L), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
-    I[unit_of, col] = ids
+    # padded (U, L) layout by one flat scatter: position of candidate j = unit * L + (j - offset[unit])
+    flat = torch.arange(unit_of.numel(), device=dev) + (
+        unit_of * L - torch.from_numpy(off_h[:-1]).to(dev)[unit_of]
+    )
+    P = torch.full((U * L,), _NEG_INF, dtype=sc.dtype, device=dev)
+    P[flat] = sc
+    P = P.view(U, L)
+    I = torch.full((U * L,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
+    I[flat] = ids
+    I = I.view(U, L)
     out = _padded_topb(P, I, lens_t.clamp(max=b), b)
     out.scores = out.scores.to(torch.float32)
     return out

@@ -163,6 +163,13 @@ def test_shard_positions_match_a_dict_and_reject_unknown_ids(spacing):
     assert shard.positions(q).tolist() == [where[int(i)] for i in q]
     assert shard.positions(q.reshape(40, 50)).shape == (40, 50)
     assert (shard._position_table() is not None) == (spacing <= 2)
+    if spacing == 1:  # also the contiguous case: ids[0], ids[0] + 1, ...
+        run = IndexShard(np.arange(40, 40 + n, dtype=np.int64), np.zeros((n, 4), np.float32), kind="flat")
+        assert run._position_table().size == 0
+        assert run.positions(np.array([40, 41 + n - 2, 100])).tolist() == [0, n - 1, 60]
+        for bad in ([39], [40 + n]):
+            with pytest.raises(IndexError_, match=r"are not in this index"):
+                run.positions(np.array(bad))
     missing = np.setdiff1d(np.arange(ids[0] - 3, ids[-1] + 4), ids)[:3]
     for bad in (missing, np.array([-5]), np.array([ids[-1] + 10**12])):
         with pytest.raises(IndexError_, match=r"are not in this index"):

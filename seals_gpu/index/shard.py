@@ -242,6 +242,13 @@ class IndexShard:
                 )
             return np.zeros(ids.shape, dtype=np.int64)
         table = self._position_table()
+        if table is not None and table.size == 0:  # contiguous ids: the row is the offset
+            lo = int(self.ids[0])
+            pos = ids - lo
+            if pos.size and (int(pos.min()) < 0 or int(pos.max()) >= n):
+                bad = ids[(pos < 0) | (pos >= n)][:5].tolist()
+                raise IndexError_(f"ids {bad} are not in this index; pass ids from the store it was built on")
+            return pos
         if table is not None:
             lo = int(self.ids[0])
             off = ids - lo
@@ -258,14 +265,17 @@ class IndexShard:
         return pos
 
     def _position_table(self) -> np.ndarray | None:
-        """``table[id - ids[0]]`` = row of ``id`` or -1, for dense ids below 2**31 rows; else None."""
+        """``table[id - ids[0]]`` = row of ``id`` or -1, for dense ids below 2**31 rows; an empty table for
+        contiguous ids (row = id - ids[0]); None for sparse ids (binary search)."""
         table = getattr(self, "_pos_table", None)
         if table is not None or getattr(self, "_pos_table_checked", False):
             return table
         self._pos_table_checked = True
         n = self.ids.size
         span = int(self.ids[-1]) - int(self.ids[0]) + 1
-        if n < 2**31 and span <= 2 * n:
+        if span == n:  # ids[0], ids[0] + 1, ...: no table needed (an empty one marks the case)
+            table = self._pos_table = np.empty(0, dtype=np.int32)
+        elif n < 2**31 and span <= 2 * n:
             table = np.full(span, -1, dtype=np.int32)
             table[self.ids - self.ids[0]] = np.arange(n, dtype=np.int32)
             self._pos_table = table
