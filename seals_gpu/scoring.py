@@ -733,6 +733,14 @@ class _Exclusion:
         self.U = U
         self.active = True
 
+    def pairs(self, units: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Bool mask: whether each ``(units[i], ids[i])`` pair is excluded."""
+        pos = torch.searchsorted(self.union, ids).clamp(max=self.L - 1)
+        hit = self.union[pos] == ids
+        k = units * self.L + pos
+        kp = torch.searchsorted(self.keys, k).clamp(max=self.keys.numel() - 1)
+        return hit & (self.keys[kp] == k)
+
     def apply(self, S: torch.Tensor, ids: torch.Tensor) -> None:
         """Set ``S[u, j] = -inf`` where ``ids[j]`` is excluded for unit ``u`` (in place)."""
         if not self.active or ids.numel() == 0:
@@ -769,6 +777,14 @@ def score_all(
     block with the same order as :func:`score_select` (score desc, id asc), so memory stays bounded by the
     block (split further so that no more than ``max_elems`` scores exist at once), never (N, U).
 
+    Pruning (when no unit is kind 2): once a unit holds ``b`` items, only logits that could still beat its
+    b-th score are scored. MaxEnt's score decreases with ``|z|`` and MLP's increases with ``z``, so the
+    b-th score ``s_b`` gives a logit bound (``H(r) = s_b (1 - 1e-4)``, ``sigmoid(z_b) = s_b (1 - 1e-4)``,
+    in float64); the 1e-4 margin is far above the float32 rounding of the scores, so every pruned item
+    scores strictly below ``s_b`` and the result equals the unpruned one. Blocks where more than 1/8 of the
+    (unit, item) pairs survive are scored densely. This skips most of the elementwise work, the exclusion
+    test and the per-block top-b after the first blocks.
+
     Args:
         blocks: iterable of ``(ids (n,) int64, X (n, d) float)`` (torch or numpy), e.g. a store's batches.
             Ids must be unique across the pool.
@@ -790,11 +806,15 @@ def score_all(
     W, bias, kind, ref, has_id = _check_units(W, bias, kind, ref, beta, None, dev)
     U, d = (int(s) for s in W.shape)
     cdt = compute_dtype
+    # Logits as (n, U) = X @ W.T, read through a (U, n) view: this product's rounding was verified not to
+    # depend on the block size (the Ray and in-process backends block differently and agree bit for bit).
     Wt = W.to(cdt).t().contiguous()  # (d, U)
     bc = bias.to(cdt)
     idx2 = (kind == KIND_ID).nonzero().squeeze(1)
     R2t = ref.to(cdt)[idx2].t().contiguous() if has_id else None  # (d, U2)
     kind_noid = torch.where(kind == KIND_ID, torch.zeros_like(kind), kind)
+    is_maxent = (kind_noid == KIND_MAXENT)[:, None]
+    bound: torch.Tensor | None = None  # per-unit pruning bound on the logits, once known
     excl = _Exclusion(exclude, U, dev)
     if max_elems is None:
         max_elems = (1 << 24) if dev.type == "cuda" else (1 << 22)
@@ -818,16 +838,103 @@ def score_all(
         for s in range(0, n, step):
             e = min(n, s + step)
             Xs = X[s:e].to(cdt)
-            S = strategy_scores(Xs @ Wt + bc, kind_noid, None, beta)  # (n_s, U)
+            ids_s = ids_t[s:e]
+            Z = (Xs @ Wt + bc).t()  # (U, n_s) view of the logits
+            if bound is not None and _PRUNE:
+                keep = torch.where(is_maxent, Z.abs() <= bound[:, None], Z >= bound[:, None])
+                if 8 * int(keep.sum()) <= keep.numel():
+                    out = merge_topb(out, _sparse_topb(Z, keep, ids_s, kind_noid, beta, excl, b), b)
+                    bound = _prune_bound(out, kind_noid, b)
+                    continue
+            S = strategy_scores(Z, kind_noid[:, None], None, beta).contiguous()
             if R2t is not None:
-                sim = torch.clamp_min(Xs @ R2t, 0.0).pow(beta)
-                S[:, idx2] = S[:, idx2] * sim
-            S = S.t().contiguous()  # (U, n_s)
+                sim = torch.clamp_min(Xs @ R2t, 0.0).pow(beta).t()  # (U2, n_s)
+                S[idx2] = S[idx2] * sim
             S = torch.where(torch.isnan(S), torch.full_like(S, _NEG_INF), S) + 0.0
-            excl.apply(S, ids_t[s:e])
-            out = merge_topb(out, _rowwise_topb(S, ids_t[s:e], b), b)
+            excl.apply(S, ids_s)
+            out = merge_topb(out, _rowwise_topb(S, ids_s, b), b)
+            if not has_id:
+                bound = _prune_bound(out, kind_noid, b)
     out.scores = out.scores.to(torch.float32)
     return out
+
+
+_PRUNE = True  # tests switch it off to compare against the unpruned computation
+_PRUNE_MARGIN = 1e-4  # relative; float32 scores are accurate to ~1e-6 relative
+_PRUNE_MIN_SCORE = 1e-20  # below this (near float32 underflow) no pruning
+
+
+def _entropy64(z: torch.Tensor) -> torch.Tensor:
+    """Binary entropy of sigmoid(z) in float64 (the exact function behind the maxent score)."""
+    e = torch.exp(-z.abs())
+    lg = torch.log1p(e)
+    inv = 1.0 / (1.0 + e)
+    p = torch.where(z >= 0, inv, e * inv)
+    q = torch.where(z >= 0, e * inv, inv)
+    return p * (torch.clamp_min(-z, 0.0) + lg) + q * (torch.clamp_min(z, 0.0) + lg)
+
+
+def _prune_bound(out: TopB, kind: torch.Tensor, b: int) -> torch.Tensor:
+    """Per-unit logit bound: maxent units keep ``|z| <= r``, mlp units keep ``z >= z_b`` (see score_all).
+
+    Units that do not hold ``b`` items yet, or whose b-th score is not a normal positive number, get a
+    bound that keeps everything (+inf for maxent, -inf for mlp); NaN logits are always dropped by the
+    comparisons, which is right only once a unit's b-th score is finite and positive."""
+    dev = out.scores.device
+    sb = out.scores[:, b - 1].to(torch.float64)
+    ok = (out.counts >= b) & torch.isfinite(sb) & (sb >= _PRUNE_MIN_SCORE)
+    target = torch.where(ok, sb * (1.0 - _PRUNE_MARGIN), torch.full_like(sb, 0.5))
+    maxent = kind == KIND_MAXENT
+    # maxent: H is decreasing in |z| from ln 2; bisection for H(r) = target on [0, 200]
+    lo = torch.zeros_like(sb)
+    hi = torch.full_like(sb, 200.0)
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        above = _entropy64(mid) >= target
+        lo = torch.where(above, mid, lo)
+        hi = torch.where(above, hi, mid)
+    r = hi
+    zb = torch.log(target) - torch.log1p(-target.clamp(max=1.0 - 1e-16))  # mlp: sigmoid(z_b) = target
+    inf = torch.full_like(sb, math.inf)
+    bound = torch.where(maxent, torch.where(ok, r, inf), torch.where(ok, zb, -inf))
+    cdt = out.scores.dtype
+    # round outwards into the compute dtype so the comparison never drops an item inside the exact bound
+    bc = bound.to(cdt)
+    return torch.where(
+        maxent,
+        torch.nextafter(bc, torch.full_like(bc, math.inf)),
+        torch.nextafter(bc, torch.full_like(bc, -math.inf)),
+    ).to(dev)
+
+
+def _sparse_topb(
+    Z: torch.Tensor,
+    keep: torch.Tensor,
+    ids: torch.Tensor,
+    kind: torch.Tensor,
+    beta: float,
+    excl: _Exclusion,
+    b: int,
+) -> TopB:
+    """Top-b per unit over the (unit, item) pairs of ``keep`` only (Z, keep: (U, n); ids (n,) ascending)."""
+    from .strategies import select_topk_segmented
+
+    U = Z.shape[0]
+    dev = Z.device
+    u_idx, j_idx = keep.nonzero(as_tuple=True)  # row-major: grouped by unit, items ascending
+    sc = strategy_scores(Z[u_idx, j_idx], kind[u_idx], None, beta)
+    sc = torch.where(torch.isnan(sc), torch.full_like(sc, _NEG_INF), sc) + 0.0
+    ids_sel = ids[j_idx]
+    if excl.active and u_idx.numel():
+        live = ~excl.pairs(u_idx, ids_sel)
+        u_idx, sc, ids_sel = u_idx[live], sc[live], ids_sel[live]
+    off = torch.zeros(U + 1, dtype=torch.int64, device=dev)
+    off[1:] = torch.cumsum(torch.bincount(u_idx, minlength=U), 0)
+    sel_ids, sel_sc, counts = select_topk_segmented(sc, ids_sel, off, b)
+    valid = torch.arange(b, device=dev)[None, :] < counts[:, None]
+    return TopB(
+        torch.where(valid, sel_ids, -1), torch.where(valid, sel_sc, torch.full_like(sel_sc, _NEG_INF)), counts
+    )
 
 
 # ------------------------------------------------------------------------------------------------ PQ logits

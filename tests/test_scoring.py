@@ -420,3 +420,46 @@ def test_segmented_topb_padded_path_equals_a_plain_sort():
             assert int(got.counts[u]) == min(b, n)
             assert got.ids[u, : min(b, n)].tolist() == [i for _, i in seg]
             assert bool((got.ids[u, min(b, n) :] == -1).all())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_score_all_pruning_changes_nothing(seed, monkeypatch) -> None:
+    """MaxEnt/MLP units prune by a logit bound once they hold b items: same ids, scores and counts as
+    the unpruned pass, bit for bit (ties, NaN rows, exclusions and saturated scores included), and the
+    pruned path really runs."""
+    from seals_gpu import scoring
+
+    rng = np.random.default_rng(seed)
+    n, d, U, b = 4000, 16, 6, 25
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[rng.choice(n, 5, replace=False)] = np.nan  # NaN rows score -inf
+    dup = rng.choice(n, 40, replace=False)
+    x[dup] = x[dup[0]]  # a block of exact ties
+    ids = (rng.permutation(n) * 3 + 5).astype(np.int64)
+    g = torch.Generator().manual_seed(seed)
+    flat = seed % 2 == 1  # a unit with w = 0: every item ties, it keeps all its pairs (no pruning benefit)
+    scale = torch.tensor([0.0 if flat else 8.0, 0.5, 4.0, 30.0, 4.0, 200.0])[:, None]  # mild .. saturated
+    W = torch.randn(U, d, generator=g) * scale
+    bias = torch.randn(U, generator=g) * 2 - 3
+    kind = torch.tensor([0, 0, 0, 1, 1, 0], dtype=torch.int8)
+    exclude = [np.sort(rng.choice(ids, size=k, replace=False)) for k in (0, 30, 300, 7, 0, 50)]
+    calls = []
+    real = scoring._sparse_topb
+    monkeypatch.setattr(scoring, "_sparse_topb", lambda *a: calls.append(1) or real(*a))
+    for blk in (97, 500):
+        got = score_all(_blocks(ids, x, blk), W, bias, kind, None, 1.0, b, exclude=exclude, max_elems=600)
+        monkeypatch.setattr(scoring, "_PRUNE", False)
+        want = score_all(_blocks(ids, x, blk), W, bias, kind, None, 1.0, b, exclude=exclude, max_elems=600)
+        monkeypatch.setattr(scoring, "_PRUNE", True)
+        assert torch.equal(got.counts, want.counts)
+        assert torch.equal(got.ids, want.ids)
+        assert torch.equal(got.scores, want.scores)
+    assert calls or flat, "the pruned path never ran"
+    for u in range(U):  # and the result is the top-b of the float64 reference (up to float32 near-ties)
+        keep = ~np.isin(ids, exclude[u]) & ~np.isnan(x).any(axis=1)
+        z = x[keep].astype(np.float64) @ W[u].double().numpy() + float(bias[u])
+        s = 1 / (1 + np.exp(-z)) if kind[u] == 1 else scoring._entropy64(torch.from_numpy(z)).numpy()
+        kth = np.sort(s)[::-1][b - 1]
+        sel = got.unit(u)[1]
+        assert sel.size == b and sel.min() >= kth * (1 - 1e-5) - 1e-12
