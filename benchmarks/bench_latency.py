@@ -160,7 +160,7 @@ def measure(
     backend, ivf_backend, ivf_idx = indexes
     rows: list[dict[str, Any]] = []
     labs = labs_all[:C]
-    reps = args.repeats or (2 if args.quick else 3)
+    reps = args.repeats or (2 if args.quick else (9 if C == 1 else 3))  # 1 concept: ms-scale, noisier
     Xl, y, mask, init = fit_inputs(Xn, labs, dev)
     model = fit_logistic(Xl, y, mask, init=init)
     W, bias = model.W, model.b
