@@ -42,27 +42,13 @@ from .learner import LogisticModel, fit_logistic
 from .metrics import average_precision
 from .oracle import Oracle, SimulatedOracle
 from .pool import CandidatePool, NeighborCache, isin_sorted, sorted_unique, to_csr
+from .report import REQUIRED_COLUMNS
 from .scoring import TopB
 from .store import Store, prevalence_range
 from .strategies import binary_entropy, random_scores, select_topk_segmented
 
 KERNEL_KIND = {"maxent": 0, "mlp": 1, "id": 2}
-METRIC_COLUMNS = [
-    "concept",
-    "strategy",
-    "mode",
-    "round",
-    "n_labeled",
-    "n_positives",
-    "pool_size",
-    "pool_fraction",
-    "test_ap",
-    "recall",
-    "seconds_fit",
-    "seconds_search",
-    "seconds_select",
-    "seconds_round",
-]
+METRIC_COLUMNS = list(REQUIRED_COLUMNS)  # the metrics.parquet schema; report.py, which reads it, owns it
 SELECTION_COLUMNS = ["concept", "strategy", "mode", "round", "id", "label"]
 TEST_CACHE_BYTES = (
     64 << 20

@@ -415,23 +415,46 @@ def _score_select_torch(
     a per-segment ``topk(b)`` prefilter and a sort of the survivors (:func:`strategies.select_topk_segmented`,
     same order: score desc, id asc, NaN last). Merging per-chunk top-b results instead was measured
     1.8-4.7x slower on CPU (three argsorts per chunk plus a (U, 2b) sort per merge)."""
-    from .strategies import select_topk_segmented
+    scores = _score_chunks(emb, rows, off_h, W, bias, kind, ref, beta, cdt, chunk_rows)
+    out = _select_segments(scores, ids, torch.from_numpy(off_h).to(emb.device), b)
+    out.scores = out.scores.to(torch.float32)
+    return out
 
-    dev = emb.device
+
+def _score_chunks(
+    emb: torch.Tensor,
+    rows: torch.Tensor,
+    off_h: np.ndarray,
+    W: torch.Tensor,
+    bias: torch.Tensor,
+    kind: torch.Tensor,
+    ref: torch.Tensor | None,
+    beta: float,
+    cdt: torch.dtype,
+    chunk_rows: int,
+) -> torch.Tensor:
+    """(M,) scores of a CSR batch in ``cdt``, ``chunk_rows`` candidates at a time (bounded temporaries)."""
     M = rows.numel()
     W, bias = W.to(cdt), bias.to(cdt)
     ref = None if ref is None else ref.to(cdt)
     kind_h = kind.cpu().numpy()
-    scores = torch.empty(M, dtype=cdt, device=dev)
+    scores = torch.empty(M, dtype=cdt, device=emb.device)
     for s in range(0, M, chunk_rows):
         e = min(M, s + chunk_rows)
         u0, u1 = _unit_range(off_h, s, e)
         loc = np.clip(off_h[u0 : u1 + 2], s, e) - s
         scores[s:e] = _score_chunk(emb, rows[s:e], loc, u0, W, bias, kind_h, ref, beta, cdt)
-    sel_ids, sel_sc, counts = select_topk_segmented(scores, ids, torch.from_numpy(off_h).to(dev), b)
-    valid = torch.arange(b, device=dev)[None, :] < counts[:, None]
-    sel_sc = torch.where(valid, sel_sc, torch.full_like(sel_sc, _NEG_INF))
-    return TopB(sel_ids, sel_sc.to(torch.float32), counts)
+    return scores
+
+
+def _select_segments(scores: torch.Tensor, ids: torch.Tensor, off: torch.Tensor, b: int) -> TopB:
+    """Top-b per CSR segment (score desc, id asc) as a :class:`TopB` (padding -1 / -inf), by
+    :func:`strategies.select_topk_segmented`."""
+    from .strategies import select_topk_segmented
+
+    sel_ids, sel_sc, counts = select_topk_segmented(scores, ids, off, b)
+    valid = torch.arange(b, device=scores.device)[None, :] < counts[:, None]
+    return TopB(sel_ids, torch.where(valid, sel_sc, torch.full_like(sel_sc, _NEG_INF)), counts)
 
 
 def _padded_topb(P: torch.Tensor, I: torch.Tensor, counts: torch.Tensor, k: int) -> TopB:
@@ -470,22 +493,20 @@ def _dense_profitable(
         return None  # the padded top-b needs ascending ids within each segment (pools are sorted)
     if U == 1:
         return None  # nothing to share: one gather per row either way, and the chunked path copies less
+    ur = inv = mark = None
     if 8 * M < n_rows:  # few candidates in a big matrix: sort them (O(M log M), nothing of size N)
         ur, inv = torch.unique(rows, return_inverse=True)
         R = ur.numel()
-        if R * U > 16 * M or R * U > (1 << 26) or 2 * R > M:
-            return None
-        return ur, inv, lens, L
-    # Many candidates: count the distinct rows with a bitmap over emb's rows (O(M + N), no sort); a sort of
-    # millions of candidates cost more than the GEMM path saves when the answer is "not profitable".
-    mark = torch.zeros(n_rows, dtype=torch.bool)
-    mark[rows] = True
-    R = int(mark.sum())
+    else:  # many: count the distinct rows with a bitmap over emb's rows (O(M + N), no sort of millions)
+        mark = torch.zeros(n_rows, dtype=torch.bool)
+        mark[rows] = True
+        R = int(mark.sum())
     if R * U > 16 * M or R * U > (1 << 26) or 2 * R > M:  # the GEMM pays only when rows are shared
         return None
-    ur = mark.nonzero().squeeze(1)
-    pos = torch.cumsum(mark, 0, dtype=torch.int64) - 1
-    return ur, pos[rows], lens, L
+    if mark is not None:
+        ur = mark.nonzero().squeeze(1)
+        inv = (torch.cumsum(mark, 0, dtype=torch.int64) - 1)[rows]
+    return ur, inv, lens, L
 
 
 def _score_select_dense(
@@ -689,19 +710,8 @@ def score_candidates(
         return kernels.score_candidates_cuda(
             emb, rows, torch.from_numpy(off_h).to(dev), W_, bias, kind, ref, float(beta), offsets_host=off_h
         )
-    cdt = compute_dtype
     chunk = _default_chunk_rows(int(emb.shape[1])) if chunk_rows is None else max(1, int(chunk_rows))
-    M = rows.numel()
-    out = torch.empty(M, dtype=cdt, device=dev)
-    Wc, bc = W_.to(cdt), bias.to(cdt)
-    rc = None if ref is None else ref.to(cdt)
-    kind_h = kind.cpu().numpy()
-    for s in range(0, M, chunk):
-        e = min(M, s + chunk)
-        u0, u1 = _unit_range(off_h, s, e)
-        loc = np.clip(off_h[u0 : u1 + 2], s, e) - s
-        out[s:e] = _score_chunk(emb, rows[s:e], loc, u0, Wc, bc, kind_h, rc, float(beta), cdt)
-    return out
+    return _score_chunks(emb, rows, off_h, W_, bias, kind, ref, float(beta), compute_dtype, chunk)
 
 
 # ----------------------------------------------------------------------------------------------- score_all
@@ -864,16 +874,6 @@ _PRUNE_MARGIN = 1e-4  # relative; float32 scores are accurate to ~1e-6 relative
 _PRUNE_MIN_SCORE = 1e-20  # below this (near float32 underflow) no pruning
 
 
-def _entropy64(z: torch.Tensor) -> torch.Tensor:
-    """Binary entropy of sigmoid(z) in float64 (the exact function behind the maxent score)."""
-    e = torch.exp(-z.abs())
-    lg = torch.log1p(e)
-    inv = 1.0 / (1.0 + e)
-    p = torch.where(z >= 0, inv, e * inv)
-    q = torch.where(z >= 0, e * inv, inv)
-    return p * (torch.clamp_min(-z, 0.0) + lg) + q * (torch.clamp_min(z, 0.0) + lg)
-
-
 def _prune_bound(out: TopB, kind: torch.Tensor, b: int) -> torch.Tensor:
     """Per-unit logit bound: maxent units keep ``|z| <= r``, mlp units keep ``z >= z_b`` (see score_all).
 
@@ -890,7 +890,7 @@ def _prune_bound(out: TopB, kind: torch.Tensor, b: int) -> torch.Tensor:
     hi = torch.full_like(sb, 200.0)
     for _ in range(64):
         mid = 0.5 * (lo + hi)
-        above = _entropy64(mid) >= target
+        above = strategy_scores(mid, KIND_MAXENT) >= target  # float64: the exact maxent score
         lo = torch.where(above, mid, lo)
         hi = torch.where(above, hi, mid)
     r = hi
@@ -917,8 +917,6 @@ def _sparse_topb(
     b: int,
 ) -> TopB:
     """Top-b per unit over the (unit, item) pairs of ``keep`` only (Z, keep: (U, n); ids (n,) ascending)."""
-    from .strategies import select_topk_segmented
-
     U = Z.shape[0]
     dev = Z.device
     u_idx, j_idx = keep.nonzero(as_tuple=True)  # row-major: grouped by unit, items ascending
@@ -930,11 +928,7 @@ def _sparse_topb(
         u_idx, sc, ids_sel = u_idx[live], sc[live], ids_sel[live]
     off = torch.zeros(U + 1, dtype=torch.int64, device=dev)
     off[1:] = torch.cumsum(torch.bincount(u_idx, minlength=U), 0)
-    sel_ids, sel_sc, counts = select_topk_segmented(sc, ids_sel, off, b)
-    valid = torch.arange(b, device=dev)[None, :] < counts[:, None]
-    return TopB(
-        torch.where(valid, sel_ids, -1), torch.where(valid, sel_sc, torch.full_like(sel_sc, _NEG_INF)), counts
-    )
+    return _select_segments(sc, ids_sel, off, b)
 
 
 # ------------------------------------------------------------------------------------------------ PQ logits

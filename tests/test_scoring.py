@@ -459,7 +459,7 @@ def test_score_all_pruning_changes_nothing(seed, monkeypatch) -> None:
     for u in range(U):  # and the result is the top-b of the float64 reference (up to float32 near-ties)
         keep = ~np.isin(ids, exclude[u]) & ~np.isnan(x).any(axis=1)
         z = x[keep].astype(np.float64) @ W[u].double().numpy() + float(bias[u])
-        s = 1 / (1 + np.exp(-z)) if kind[u] == 1 else scoring._entropy64(torch.from_numpy(z)).numpy()
+        s = 1 / (1 + np.exp(-z)) if kind[u] == 1 else strategy_scores(torch.from_numpy(z), 0).numpy()
         kth = np.sort(s)[::-1][b - 1]
         sel = got.unit(u)[1]
         assert sel.size == b and sel.min() >= kth * (1 - 1e-5) - 1e-12

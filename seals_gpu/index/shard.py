@@ -242,27 +242,19 @@ class IndexShard:
         several times faster than a binary search per id; otherwise ``searchsorted``."""
         ids = np.asarray(ids, dtype=np.int64)
         n = self.ids.size
+        table = self._position_table() if n else None
         if n == 0:
-            if ids.size:
-                raise IndexError_(
-                    f"ids {ids.ravel()[:5].tolist()} are not in this index; pass ids from the store it was built on"
-                )
-            return np.zeros(ids.shape, dtype=np.int64)
-        table = self._position_table()
-        if table is not None and table.size == 0:  # contiguous ids: the row is the offset
-            lo = int(self.ids[0])
-            pos = ids - lo
-            if pos.size and (int(pos.min()) < 0 or int(pos.max()) >= n):
-                bad = ids[(pos < 0) | (pos >= n)][:5].tolist()
-                raise IndexError_(f"ids {bad} are not in this index; pass ids from the store it was built on")
-            return pos
-        if table is not None:
-            lo = int(self.ids[0])
-            off = ids - lo
-            inside = (off >= 0) & (off < table.size)
-            pos = table[np.where(inside, off, 0)].astype(np.int64)
-            ok = inside & (pos >= 0)
-            pos = np.where(ok, pos, 0)
+            pos, ok = np.zeros(ids.shape, dtype=np.int64), np.zeros(ids.shape, dtype=bool)
+        elif table is not None:
+            off = ids - int(self.ids[0])
+            if table.size == 0:  # contiguous ids: the row is the offset
+                ok = (off >= 0) & (off < n)
+                pos = np.where(ok, off, 0)
+            else:
+                inside = (off >= 0) & (off < table.size)
+                pos = table[np.where(inside, off, 0)].astype(np.int64)
+                ok = inside & (pos >= 0)
+                pos = np.where(ok, pos, 0)
         else:
             pos = np.minimum(np.searchsorted(self.ids, ids), n - 1)
             ok = self.ids[pos] == ids
