@@ -49,8 +49,20 @@ class LocalBackend:
         excluded: np.ndarray | None = None,
         block_rows: int = 131_072,
         scoring_backend: str = "auto",
+        search_method: str = "flat",
+        search_recall: float = 0.95,
+        search_k: int = 100,
+        log=None,
     ):
+        if search_method not in ("flat", "ivf", "index"):
+            raise ValueError(f"search_method {search_method!r}: choose flat, ivf or index")
         self.index = index
+        self.search_method = search_method
+        self.search_recall = float(search_recall)
+        self.search_k = int(search_k)
+        self._log = log
+        self._subsets: list | None = None
+        self.search_build_seconds = 0.0
         self.device = device
         self.excluded = np.sort(np.asarray(excluded if excluded is not None else [], dtype=np.int64))
         self.block_rows = block_rows
@@ -80,9 +92,44 @@ class LocalBackend:
                 self._emb[s] = torch.from_numpy(v).to(self.device.torch_device)
         return self._emb[s]  # type: ignore[return-value]
 
+    def _train_subsets(self) -> list:
+        """Per shard, a searcher over its train rows only (built on first use; see index/subset.py)."""
+        if self._subsets is None:
+            import time
+
+            from .index.subset import FlatSubset, IvfSubset
+
+            t0 = time.perf_counter()
+            subs = []
+            for sh in self.index.shards:
+                keep = ~isin_sorted(sh.ids, self.excluded)
+                ids = sh.ids[keep]
+                vec = np.ascontiguousarray(np.asarray(sh.vectors)[keep], dtype=np.float32)
+                if self.search_method == "ivf" and ids.size:
+                    sub = IvfSubset.train(ids, vec)
+                    sub.calibrate_nprobe(self.search_k, target=self.search_recall)
+                else:
+                    sub = FlatSubset(ids, vec)
+                subs.append(sub)
+            self._subsets = subs
+            self.search_build_seconds += time.perf_counter() - t0
+            if self._log is not None:
+                self._log(
+                    f"search index: {'; '.join(s.describe() for s in subs)} "
+                    f"(built in {time.perf_counter() - t0:.1f} s)"
+                )
+        return self._subsets
+
     @property
     def search_path(self) -> str:
         """How ``search`` runs here, for the run log (``--device auto`` says what it chose and why)."""
+        if self.device.kind == "cpu" and self.search_method in ("flat", "ivf"):
+            return (
+                "exact flat search over the train rows (FAISS GEMM), near-ties re-scored in float64"
+                if self.search_method == "flat"
+                else f"IVF search over the train rows, nprobe calibrated to recall@{self.search_k} >= "
+                f"{self.search_recall:g} against exact search"
+            )
         if self.device.kind == "cuda" and self.index.kind == "flat":
             return "exact search by torch matmul + top-k on the GPU (vectors resident, fp32)"
         if self.device.kind == "cuda" and self.device.faiss_gpu:
@@ -92,6 +139,12 @@ class LocalBackend:
         return f"{self.index.kind} search on the CPU"
 
     def search(self, xq: np.ndarray, k: int, exclude_ids: np.ndarray | None = None):
+        """k nearest neighbours among the train rows (the test split never enters), ``(D, I)``."""
+        if self.device.kind == "cpu" and self.search_method in ("flat", "ivf"):
+            from .index.merge import merge_neighbors
+
+            parts = [s.search(xq, k, exclude_ids=exclude_ids) for s in self._train_subsets()]
+            return parts[0] if len(parts) == 1 else merge_neighbors(parts, k)
         if self.device.kind == "cuda" and self.index.kind == "flat":
             from .index.merge import merge_neighbors
             from .index.torch_exact import TorchExactIndex
@@ -99,9 +152,13 @@ class LocalBackend:
             if self._gpu_search is None:
                 self._gpu_search = [
                     TorchExactIndex(
-                        sh.ids, self._shard_emb(s), device=self.device.torch_device, dtype=torch.float32
+                        sh.ids[keep],
+                        self._shard_emb(s)[torch.from_numpy(keep).to(self.device.torch_device)],
+                        device=self.device.torch_device,
+                        dtype=torch.float32,
                     )
                     for s, sh in enumerate(self.index.shards)
+                    for keep in [~isin_sorted(sh.ids, self.excluded)]  # train rows only
                 ]
             parts = [t.search(xq, k, exclude_ids=exclude_ids) for t in self._gpu_search]
             return parts[0] if len(parts) == 1 else merge_neighbors(parts, k)

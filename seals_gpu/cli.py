@@ -176,6 +176,19 @@ def _add_run_args(pr: argparse.ArgumentParser) -> None:
     )
     pr.add_argument("--beta", type=float, default=1.0, help="information-density exponent")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument(
+        "--search",
+        default="auto",
+        choices=["auto", "flat", "ivf"],
+        help="how neighbours of labeled items are found among the train rows: auto (the planner decides "
+        "from the work ahead and says why), flat (exact) or ivf (approximate, see --search-recall)",
+    )
+    pr.add_argument(
+        "--search-recall",
+        type=float,
+        default=0.95,
+        help="IVF: nprobe is calibrated so that recall@k against exact search reaches this (default 0.95)",
+    )
     pr.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     pr.add_argument("--ray-address", default=None, help="join this Ray cluster (with a sharded --index)")
     pr.add_argument("--ray", action="store_true", help="serve --index from Ray shard actors")

@@ -36,6 +36,8 @@ class RunConfig:
     index: str | None = None
     graph: str | None = None
     full_supervision: bool = False
+    search: str = "auto"
+    search_recall: float = 0.95
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +78,12 @@ class RunConfig:
             )
         if not (self.C > 0):
             raise ConfigError(f"--C {self.C} must be positive")
+        if self.search not in ("auto", "flat", "ivf"):
+            raise ConfigError(f"--search {self.search!r}: choose auto, flat or ivf")
+        if not (0.0 < self.search_recall <= 1.0):
+            raise ConfigError(
+                f"--search-recall {self.search_recall}: must be in (0, 1]; 0.95 is a good default"
+            )
         if not (self.beta >= 0):
             raise ConfigError(f"--beta {self.beta} must be 0 or more")
 

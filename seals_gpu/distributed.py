@@ -311,6 +311,8 @@ class ShardServer:
             excluded=self.excluded,
             block_rows=self.block_rows,
             scoring_backend=scoring_backend,
+            # neighbours among this shard's train rows only (exact for flat shards; IVF-PQ filters)
+            search_method="flat" if kind == "flat" else "index",
         )
 
     # ------------------------------------------------------------------ description
@@ -333,8 +335,8 @@ class ShardServer:
     def search(
         self, xq: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """This shard's top-``k`` of each query (see :meth:`IndexShard.search`)."""
-        return self.shard.search(xq, k, exclude_ids=exclude_ids)
+        """This shard's top-``k`` train rows for each query (see :meth:`LocalBackend.search`)."""
+        return self.backend.search(xq, k, exclude_ids)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Exact float32 vectors of ``ids`` (all owned by this shard)."""
@@ -367,7 +369,7 @@ class ShardServer:
         if not (0 <= start <= stop <= n):
             raise IndexError_(f"graph part rows [{start}, {stop}) are outside this shard's {n} rows")
         ids, xq = self.block(start, stop)
-        sims, nbrs = self.shard.search(xq, k, exclude_ids=ids)
+        sims, nbrs = self.backend.search(xq, k, ids)
         return ids, xq, sims, nbrs
 
     # ------------------------------------------------------------------ scoring

@@ -41,6 +41,7 @@ from .index.build import LocalIndex
 from .learner import LogisticModel, fit_logistic
 from .metrics import average_precision
 from .oracle import Oracle, SimulatedOracle
+from .planner import SearchPlan, plan_search
 from .pool import CandidatePool, NeighborCache, isin_sorted, sorted_unique, to_csr
 from .report import REQUIRED_COLUMNS
 from .scoring import TopB
@@ -237,10 +238,36 @@ class Run:
                 f"store {store.path} needs both train and test rows; its split gives "
                 f"{self.train_ids.size} train and {self.test_ids.size} test"
             )
+        n_seals = sum(m == "seals" for m in config.modes) * len(config.strategies)
+        self.plan: SearchPlan = plan_search(
+            requested=config.search,
+            n_train=int(self.train_ids.size),
+            dim=store.dim,
+            concepts_with_seals=len(config.concepts) if n_seals else 0,
+            seals_units=n_seals * len(config.concepts),
+            seed_size=config.seed_size,
+            budget=config.budget,
+            recall=config.search_recall,
+            device_kind=self.device.kind,
+            graph=graph is not None,
+            index_kind=None if backend is not None else (index.kind if index is not None else "flat"),
+        )
         if backend is None:
             index = index if index is not None else LocalIndex.in_memory(store)
-            backend = LocalBackend(index, self.device, excluded=self.test_ids)
+            backend = LocalBackend(
+                index,
+                self.device,
+                excluded=self.test_ids,
+                search_method=self.plan.method if self.plan.method in ("flat", "ivf", "index") else "flat",
+                search_recall=config.search_recall,
+                search_k=config.k,
+                log=log,
+            )
         self.backend = backend
+        # seconds per phase of the loop, written to RUN/timings.json (see _write_timings)
+        self.timings: dict[str, float] = dict.fromkeys(
+            ("seed", "fit", "search", "select", "label", "record", "checkpoint"), 0.0
+        )
         self.graph = graph
         positives = store.concept_positives(config.concepts)
         self.positives = positives
@@ -659,7 +686,9 @@ class Run:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.n_rounds + 1, initial=self.round + 1, desc="rounds", unit="round")
+        T = self.timings
         if self.round < 0:
+            t0 = time.perf_counter()
             for c in cfg.concepts:
                 rng = concept_seed(cfg.seed, c)
                 p_train = self.positives[c][isin_sorted(self.positives[c], self.train_ids)]
@@ -667,24 +696,40 @@ class Run:
                 for u in self.units:
                     if u.concept == c:
                         self._add_labels(u, ids, 0)
+            T["seed"] += time.perf_counter() - t0
             t_search = self._expand({u.index: u.labeled_ids for u in self.units})
+            T["search"] += t_search
             t_fit = self._fit()
+            T["fit"] += t_fit
             self.round = 0
+            t0 = time.perf_counter()
             self._record(0, {"fit": t_fit, "search": t_search, "select": {}})
+            t1 = time.perf_counter()
             self._checkpoint()
+            T["record"] += t1 - t0
+            T["checkpoint"] += time.perf_counter() - t1
             if bar is not None:
                 bar.update(1)
         while self.round < cfg.n_rounds:
             r = self.round + 1
             b_round = min(cfg.batch, cfg.budget - cfg.seed_size - (r - 1) * cfg.batch)
             chosen, t_select = self._select(b_round)
+            T["select"] += sum(t_select.values())
+            t0 = time.perf_counter()
             for u in self.units:
                 self._add_labels(u, chosen[u.index], r)
+            T["label"] += time.perf_counter() - t0
             t_search = self._expand(chosen)
+            T["search"] += t_search
             t_fit = self._fit()
+            T["fit"] += t_fit
             self.round = r
+            t0 = time.perf_counter()
             self._record(r, {"fit": t_fit, "search": t_search, "select": t_select})
+            t1 = time.perf_counter()
             self._checkpoint()
+            T["record"] += t1 - t0
+            T["checkpoint"] += time.perf_counter() - t1
             if bar is not None:
                 last = [m for m in self.metrics if m["round"] == r]
                 aps = [m["test_ap"] for m in last if m["test_ap"] == m["test_ap"]]
@@ -807,6 +852,8 @@ def run_from_args(a: Any) -> Run:
     """``seals-gpu run``: validate everything before writing anything."""
     import sys
 
+    t_entry = time.perf_counter()
+
     store = Store(a.store)
     strategies = parse_list(a.strategies, what="strategies")
     modes = parse_list(a.modes, what="modes")
@@ -876,6 +923,8 @@ def run_from_args(a: Any) -> Run:
         index=str(a.index) if a.index else None,
         graph=str(a.graph) if a.graph else None,
         full_supervision=a.full_supervision,
+        search=getattr(a, "search", "auto"),
+        search_recall=getattr(a, "search_recall", 0.95),
     )
     out = Path(a.out)
     _check_out_dir(out)
@@ -915,17 +964,72 @@ def run_from_args(a: Any) -> Run:
             )
             announce()
             log("search and scoring: Ray shard actors")
+            t_loaded = time.perf_counter()
             r.start(resume=a.resume)
     else:
         r = Run(cfg, out, store=store, index=index, graph=graph, device=dev, progress=not a.quiet, log=log)
         announce()
+        log(f"plan: search {r.plan.describe()}")
         log(f"search: {'kNN graph lookup' if graph is not None else r.backend.search_path}")
+        t_loaded = time.perf_counter()
         r.start(resume=a.resume)
+    t_loop = time.perf_counter()
     if a.full_supervision and not (r.already_finished and _has_full_supervision(out)):
         from .supervised import record_full_supervision
 
         record_full_supervision(r)
+    t_full = time.perf_counter()
     from .report import format_table, load_metrics, summarize
 
     print(format_table(summarize(load_metrics(out))))
+    if not r.already_finished:
+        _write_timings(
+            r,
+            startup=t_entry - _process_start(t_entry),
+            load=t_loaded - t_entry,
+            loop=t_loop - t_loaded,
+            full=t_full - t_loop,
+            report=time.perf_counter() - t_full,
+        )
     return r
+
+
+def _process_start(now: float) -> float:
+    """``time.perf_counter()`` value at which this process started (Linux /proc; else ``now``)."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+        return now - max(0.0, age - (time.perf_counter() - now))
+    except (OSError, ValueError, IndexError):
+        return now
+
+
+def _write_timings(r: Run, *, startup: float, load: float, loop: float, full: float, report: float) -> None:
+    """RUN/timings.json: where the wall time of this invocation went, phase by phase (seconds).
+
+    ``startup`` is the interpreter and imports before the command ran; ``load`` reading the store, the
+    split, the concepts and the index; ``index`` building the run's search index (IVF k-means and
+    calibration, or the flat copy of the train rows); the loop phases as timed around each step;
+    ``other`` the rest of the loop (progress bar, bookkeeping)."""
+    T = dict(r.timings)
+    build = float(getattr(r.backend, "search_build_seconds", 0.0))
+    T["index"] = build
+    T["search"] = max(0.0, T["search"] - build)
+    loop_named = sum(r.timings.values())
+    phases = {"startup": startup, "load": load, **T, "full_supervision": full, "report": report}
+    phases["other"] = max(0.0, loop - loop_named)
+    write_json(
+        r.out / "timings.json",
+        {
+            "phases": {k: round(v, 4) for k, v in phases.items()},
+            "total": round(sum(phases.values()), 4),
+            "plan": {
+                "search": r.plan.method,
+                "reason": r.plan.reason,
+                "path": getattr(r.backend, "search_path", ""),
+            },
+            "units": len(r.units),
+            "rounds": r.round,
+        },
+    )

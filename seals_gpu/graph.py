@@ -9,7 +9,8 @@ Layout of a graph folder (default ``INDEX/graph-k{K}``)::
 Parts follow the index's shards (rows ``[start, stop)`` of one shard each), so with Ray a part's queries start
 on the actor that owns them. Each part is written atomically; a rerun skips the parts already on disk.
 
-The graph is the index's own search, stored: row ``i`` is ``index.search(x_i, k, exclude_ids=[id_i])``, so a
+The graph is the run's own search, stored: row ``i`` holds the k nearest TRAIN rows of item ``i`` (the store's test
+split is never a neighbour; itself excluded), as ``LocalBackend.search`` finds them, so a
 run that grows its pools from :meth:`KnnGraph.lookup` selects exactly what a run that searches the exact
 index selects (both order by similarity descending, then id ascending, with the same float64 re-scored
 similarities). For an IVF-PQ index this holds when the run's ``--k`` equals the graph's ``k`` (a smaller
@@ -40,7 +41,7 @@ from .index.merge import merge_neighbors
 
 __all__ = ["GRAPH_FORMAT", "KnnGraph", "build_graph"]
 
-GRAPH_FORMAT = "seals_gpu.graph/1"
+GRAPH_FORMAT = "seals_gpu.graph/2"  # /2: neighbours among the train split only
 MANIFEST = "graph.json"
 _Finish = Callable[[dict[str, int], np.ndarray, np.ndarray, np.ndarray], None]
 _IN_FLIGHT_PER_SHARD = 2  # Ray: parts queued per actor, so every actor stays busy while the driver writes
@@ -159,11 +160,12 @@ def build_graph(
             bar.update(p["stop"] - p["start"])
 
     try:
+        test_ids = _test_ids(manifest)
         if use_ray or ray_address is not None or _is_sharded(index):
-            _build_ray(index, index_path, todo, k, ray_address, finish)
+            _build_ray(index, index_path, todo, k, ray_address, finish, test_ids)
         else:
             local = index if isinstance(index, LocalIndex) else LocalIndex.open(index_path)
-            _build_local(local, todo, k, finish)
+            _build_local(local, todo, k, finish, test_ids)
     finally:
         if bar is not None:
             bar.close()
@@ -200,17 +202,54 @@ def _check_existing(out: Path, header: dict[str, Any]) -> None:
         )
 
 
-def _build_local(index: LocalIndex, todo: list[dict[str, int]], k: int, finish: _Finish) -> None:
+def _test_ids(manifest: dict[str, Any]) -> np.ndarray:
+    """Sorted ids of the index's store's test split: they are never anyone's neighbour."""
+    from .store import Store
+
+    path = manifest["store"].get("path")
+    try:
+        store = Store(path)
+    except Exception as e:  # noqa: BLE001 - any failure to open means the same thing here
+        raise IndexError_(
+            f"the index's store {path} cannot be opened ({e}); the graph needs its train/test split"
+        ) from None
+    if store.fingerprint != manifest["store"]["fingerprint"]:
+        raise IndexError_(
+            f"store {path} changed since the index was built (fingerprint {store.fingerprint}, index "
+            f"{manifest['store']['fingerprint']}); rebuild the index"
+        )
+    ids, is_test = store.read_split()
+    return np.sort(ids[is_test])
+
+
+def _build_local(
+    index: LocalIndex, todo: list[dict[str, int]], k: int, finish: _Finish, test_ids: np.ndarray
+) -> None:
+    from .backend import LocalBackend
+    from .device import resolve_device
+
+    backend = LocalBackend(
+        index,
+        resolve_device("cpu"),
+        excluded=test_ids,
+        search_method="flat" if index.kind == "flat" else "index",
+    )
     for p in todo:
         shard = index.shards[p["shard"]]
         ids = np.asarray(shard.ids[p["start"] : p["stop"]], dtype=np.int64)
         xq = np.ascontiguousarray(shard.vectors[p["start"] : p["stop"]], dtype=np.float32)
-        sims, nbrs = index.search(xq, k, exclude_ids=ids)
+        sims, nbrs = backend.search(xq, k, ids)
         finish(p, ids, sims, nbrs)
 
 
 def _build_ray(
-    index: Any, index_path: Path, todo: list[dict[str, int]], k: int, address: str | None, finish: _Finish
+    index: Any,
+    index_path: Path,
+    todo: list[dict[str, int]],
+    k: int,
+    address: str | None,
+    finish: _Finish,
+    test_ids: np.ndarray,
 ) -> None:
     """Parts over the shard actors: the owner searches its own rows and passes their vectors (through
     Ray's object store, not this process) to the other shards; only ids and similarities come back."""
@@ -218,7 +257,7 @@ def _build_ray(
 
     with ray_session(address):
         own = _is_sharded(index)
-        sidx: ShardedIndex = index if own else ShardedIndex(index_path)
+        sidx: ShardedIndex = index if own else ShardedIndex(index_path, excluded=test_ids)
         n = sidx.n_shards
 
         def submit(p: dict[str, int]) -> list[Any]:

@@ -18,7 +18,7 @@ from seals_gpu.index import IndexSpec, LocalIndex, build_index
 from seals_gpu.scoring import TopB, merge_topb
 from seals_gpu.store import write_store
 
-from .conftest import clustered
+from .conftest import assert_same_neighbors, clustered
 from .ray_fixture import ray_local_fixture  # noqa: F401  (the session-wide local Ray)
 
 CPU = resolve_device("cpu")
@@ -96,9 +96,11 @@ def test_shard_server_matches_local_index(index_paths, store, test_ids):
     from seals_gpu.index import merge_neighbors
 
     sim, nb = merge_neighbors([s.search(xq, 15, q) for s in servers], 15)
-    D0, I0 = local.search(xq, 15, exclude_ids=q)
+    # neighbours among the train rows only, as the in-process backend finds them
+    D0, I0 = LocalBackend(local, CPU, excluded=test_ids).search(xq, 15, q)
     np.testing.assert_array_equal(nb, I0)
     np.testing.assert_array_equal(sim, D0)
+    assert not np.isin(nb, test_ids).any()
     info = servers[1].ready()
     assert info["n"] == local.shards[1].ntotal and info["dim"] == 16
     own = local.shards[1].ids[:7]
@@ -175,13 +177,12 @@ def test_sharded_exact_equals_single_index(ray_local, index_paths, store):
     one = LocalIndex.open(index_paths[1])
     q = store.read_ids()[::23]
     xq = one.vectors(q)
-    D0, I0 = one.search(xq, 25, exclude_ids=q)
+    D0, I0 = LocalBackend(one, CPU).search(xq, 25, q)
     for n in (2, 4):
         with ShardedIndex(index_paths[n]) as si:
             assert si.n_shards == n
             sim, nb = si.search(xq, 25, exclude_ids=q)
-            np.testing.assert_array_equal(nb, I0)
-            np.testing.assert_array_equal(sim, D0)
+            assert_same_neighbors(sim, nb, D0, I0)
             np.testing.assert_array_equal(si.vectors(q[::-1]), one.vectors(q[::-1]))
             assert si.contains(np.array([q[0], 3])).tolist() == [True, False]
             np.testing.assert_array_equal(si.all_ids(), one.all_ids())
@@ -250,21 +251,20 @@ def test_ray_backend_scoring_equals_local_backend(backend3, index_paths, store, 
 
 
 @pytest.mark.ray
-def test_killed_actor_is_restarted_and_calls_retried(backend3, ray_local, index_paths, store):
+def test_killed_actor_is_restarted_and_calls_retried(backend3, ray_local, index_paths, store, test_ids):
     one = LocalIndex.open(index_paths[1])
     q = store.read_ids()[::29]
     xq = one.vectors(q)
-    D0, I0 = one.search(xq, 10, exclude_ids=q)
+    D0, I0 = LocalBackend(one, CPU, excluded=test_ids).search(xq, 10, q)
     pid = ray_local.get(backend3.actors[1].pid.remote())
     ray_local.kill(backend3.actors[1], no_restart=False)  # Ray restarts it; it reloads its shard
     sim, nb = backend3.search(xq, 10, exclude_ids=q)
-    np.testing.assert_array_equal(nb, I0)
-    np.testing.assert_array_equal(sim, D0)
+    assert_same_neighbors(sim, nb, D0, I0)
     assert ray_local.get(backend3.actors[1].pid.remote()) != pid
     # an actor Ray will not restart is re-created by the driver
     ray_local.kill(backend3.actors[2], no_restart=True)
     np.testing.assert_array_equal(backend3.vectors(q), one.vectors(q))
-    np.testing.assert_array_equal(backend3.search(xq, 10, exclude_ids=q)[1], I0)
+    assert_same_neighbors(*backend3.search(xq, 10, exclude_ids=q), D0, I0)
 
 
 # --------------------------------------------------------------------------------------------- whole runs

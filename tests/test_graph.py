@@ -14,7 +14,7 @@ from seals_gpu.graph import KnnGraph, build_graph
 from seals_gpu.index import IndexSpec, LocalIndex, build_index
 from seals_gpu.store import write_store
 
-from .conftest import clustered
+from .conftest import assert_same_neighbors, clustered
 from .ray_fixture import ray_local_fixture  # noqa: F401  (the session-wide local Ray)
 
 
@@ -36,23 +36,38 @@ def _read(path):
     return g.ids, g.sims, g.neighbors
 
 
-def test_graph_equals_index_search(flat3, store):
+def _train_knn(store, q_ids, k):
+    """Brute force, float64: the k nearest TRAIN rows of each query id (itself excluded), ties by id."""
+    ids, is_test = store.read_split()
+    order = np.argsort(ids)
+    ids, is_test = ids[order], is_test[order]
+    x = store.take(ids).astype(np.float64)
+    xt, tid = x[~is_test], ids[~is_test]
+    sims = x[np.searchsorted(ids, q_ids)] @ xt.T
+    sims[q_ids[:, None] == tid[None, :]] = -np.inf
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, top, axis=1), tid[top]
+
+
+def test_graph_equals_train_split_knn(flat3, store):
+    """Row i of the graph is item i's k nearest TRAIN rows (the paper's N(z, k)): the test split is never a
+    neighbour, and every row still has k of them."""
     path = build_graph(flat3.path, k=12, part_rows=700)
     assert path == flat3.path / "graph-k12"
     g = KnnGraph.open(path)
     assert g.k == 12 and len(g) == 3000
     ids = store.read_ids()
     np.testing.assert_array_equal(g.ids, np.sort(ids))
-    D0, I0 = flat3.search(flat3.vectors(g.ids), 12, exclude_ids=g.ids)
-    np.testing.assert_array_equal(g.neighbors, I0)
-    np.testing.assert_array_equal(g.sims, D0)
-    # lookup: any order, any k up to the graph's; the first k of a k=12 search equal a k=5 search
+    D0, I0 = _train_knn(store, g.ids, 12)
+    assert_same_neighbors(g.sims, g.neighbors, D0, I0)
+    all_ids, is_test = store.read_split()
+    assert not np.isin(g.neighbors, all_ids[is_test]).any() and (g.neighbors >= 0).all()
+    # lookup: any order, any k up to the graph's
     q = ids[::31]
     sim, nb = g.lookup(q, 5)
     assert sim.dtype == np.float32 and nb.dtype == np.int64 and nb.shape == (q.size, 5)
-    D5, I5 = flat3.search(flat3.vectors(q), 5, exclude_ids=q)
-    np.testing.assert_array_equal(nb, I5)
-    np.testing.assert_array_equal(sim, D5)
+    D5, I5 = _train_knn(store, q, 5)
+    assert_same_neighbors(sim, nb, D5, I5)
     assert not (nb == q[:, None]).any()
     g.check_store(store)
     schema = pq.read_schema(path / "part-00000.parquet")
