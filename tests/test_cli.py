@@ -98,3 +98,45 @@ def test_help_documents_every_subcommand():
         assert p.returncode == 0
         for s in subs:
             assert s in p.stdout
+
+
+def test_run_plans_its_search_and_writes_timings(tmp_path, capsys):
+    """`--search ivf` end to end: the plan and the built index are logged, timings.json names every phase,
+    and IVF at --search-recall 1 selects exactly what exact search selects."""
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    assert (
+        _run(["store", "synth", store, "--n", 4000, "--dim", 16, "--concepts", 3, "--seed", 1], capsys)[0]
+        == 0
+    )
+    common = ["--concepts", "0,1", "--strategies", "maxent", "--modes", "seals", "--budget", 300, "--k", 10]
+    common += ["--quiet"]
+    code, _, err = _run(
+        ["run", store, "--out", tmp_path / "ivf", "--search", "ivf", "--search-recall", 1.0] + common, capsys
+    )
+    assert code == 0, err
+    assert "plan: search ivf (--search ivf)" in err and "search index: IVF over" in err
+    t = json.loads((tmp_path / "ivf" / "timings.json").read_text())
+    for phase in (
+        "startup",
+        "load",
+        "index",
+        "seed",
+        "fit",
+        "search",
+        "select",
+        "record",
+        "checkpoint",
+        "other",
+    ):
+        assert phase in t["phases"], phase
+    assert t["plan"]["search"] == "ivf" and t["total"] > 0 and t["rounds"] == 2
+    code, _, err = _run(["run", store, "--out", tmp_path / "flat", "--search", "flat"] + common, capsys)
+    assert code == 0 and "plan: search flat" in err
+    a = pq.read_table(tmp_path / "ivf" / "selections.parquet").to_pydict()
+    b = pq.read_table(tmp_path / "flat" / "selections.parquet").to_pydict()
+    assert a == b
+    # a bad recall target is refused before anything is written
+    code, _, err = _run(["run", store, "--out", tmp_path / "bad", "--search-recall", 1.5] + common, capsys)
+    assert code == 2 and "--search-recall 1.5" in err and not (tmp_path / "bad").exists()

@@ -23,6 +23,7 @@ bits for the same pair.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 
@@ -80,7 +81,8 @@ def _finish(
         sims = np.where(own, -np.inf, sims)
     D, I = sort_neighbors(sims, gids, min(k + 1, sims.shape[1]))
     if D.shape[1] > k:
-        gap = D[:, k - 1] - D[:, k]
+        with np.errstate(invalid="ignore"):  # -inf - -inf where a row has fewer than k + 1 candidates
+            gap = D[:, k - 1] - D[:, k]
         risky = np.flatnonzero((I[:, k] >= 0) & (gap < TIE_EPS))
     else:
         risky = np.empty(0, np.int64)
