@@ -477,7 +477,8 @@ def _dense_profitable(
     rows: torch.Tensor, ids: torch.Tensor, off_h: np.ndarray, U: int, n_rows: int
 ) -> tuple | None:
     """Whether the union-GEMM path beats per-row gathers, and its inputs: the distinct rows of all units
-    (pools of one concept's strategies overlap heavily) scored against every unit in one matmul."""
+    (pools of one concept's strategies overlap heavily) scored against every unit in one matmul, or every
+    row of ``emb`` (``ur`` None) when the pools together cover much of it."""
     M = rows.numel()
     if M == 0 or U == 0 or rows.device.type != "cpu":
         return None
@@ -491,6 +492,10 @@ def _dense_profitable(
     rising[1:] = ids[1:] > ids[:-1]
     if not bool((rising | torch.from_numpy(starts)).all()):
         return None  # the padded top-b needs ascending ids within each segment (pools are sorted)
+    if U >= 4 and n_rows * U <= 10 * M and n_rows * U <= (1 << 26):
+        # the pools cover much of the matrix: a GEMM over every row (no gather at all) costs less than
+        # gathering M rows (a GEMM multiply-add is ~10x cheaper than a gathered one)
+        return None, rows, lens, L
     if U == 1:
         return None  # nothing to share: one gather per row either way, and the chunked path copies less
     ur = inv = mark = None
@@ -529,7 +534,7 @@ def _score_select_dense(
     dev = emb.device
     lens_t = torch.from_numpy(lens).to(dev)
     unit_of = torch.repeat_interleave(torch.arange(U, device=dev), lens_t)
-    X = emb[ur].to(cdt)
+    X = (emb if ur is None else emb[ur]).to(cdt)  # ur None: every row of emb (the all-rows plan)
     Wc = W.to(cdt)
     # (U, R) layout: each unit's candidates are read along one row in ascending order (rows ascend with
     # ids in a pool), ~5x faster than picking them out of the columns of an (R, U) product.

@@ -366,7 +366,7 @@ def test_score_all_validation() -> None:
     assert empty.counts.tolist() == [0, 0]
 
 
-@pytest.mark.parametrize("N", [3000, 60_000])  # many candidates per row (bitmap plan) / few (sorted plan)
+@pytest.mark.parametrize("N", [3000, 40_000, 60_000])  # all rows / bitmap plan / sorted plan
 def test_dense_union_path_equals_reference_on_separated_scores(N):
     """The CPU union-GEMM fast path (auto) selects what the per-row reference selects; scores agree to
     float rounding. Scores are well separated here (mlp on a wide logit range) so rounding cannot reorder."""
@@ -387,6 +387,7 @@ def test_dense_union_path_equals_reference_on_separated_scores(N):
     ref = torch.nn.functional.normalize(torch.randn(U, d, generator=g), dim=1)
     plan = scoring._dense_profitable(rows, ids, off.numpy(), U, N)
     assert plan is not None, "this batch should take the dense path"
+    assert (plan[0] is None) == (N == 3000), "a small matrix is scored whole, a large one by its used rows"
     n0 = int(off[1])  # one unit: nothing is shared, the per-row path is taken
     assert scoring._dense_profitable(rows[:n0], ids[:n0], np.array([0, n0]), 1, N) is None
     fast = scoring.score_select(emb, rows, ids, off, W, bias, kind, ref, 1.0, 37, backend="auto")
