@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 __all__ = ["average_precision", "average_precision_many", "recall"]
 
@@ -91,25 +92,32 @@ def average_precision_many(y_true: Any, scores: Any) -> np.ndarray:
         ValueError: shapes differ or are not 2-D, labels other than 0/1, non-finite scores.
     """
     y, s = _check_inputs(y_true, scores, 2, "average_precision_many")
+    return _ap_rows(torch.from_numpy(y), torch.from_numpy(s))
+
+
+def _ap_rows(y: torch.Tensor, s: torch.Tensor) -> np.ndarray:
+    """The vectorised AP of already-checked float64 ``(U, N)`` labels and scores (torch: the sort of every
+    row runs on all cores)."""
     U, N = y.shape
     out = np.full(U, np.nan)
-    if N == 0:
+    if N == 0 or U == 0:
         return out
-    order = np.argsort(-s, axis=1, kind="stable")
-    s = np.take_along_axis(s, order, axis=1)
-    y = np.take_along_axis(y, order, axis=1)
-    tps = np.cumsum(y, axis=1)
-    precision = tps / np.arange(1, N + 1, dtype=np.float64)
+    order = torch.argsort(-s, dim=1, stable=True)
+    s = torch.gather(s, 1, order)
+    y = torch.gather(y, 1, order)
+    tps = torch.cumsum(y, dim=1)
+    precision = tps / torch.arange(1, N + 1, dtype=torch.float64)
     # Every position takes the precision at the end of its tie group (the group's threshold), so
     # AP = sum over positives of that precision / number of positives.
-    is_end = np.ones((U, N), dtype=bool)
+    is_end = torch.ones((U, N), dtype=torch.bool)
     is_end[:, :-1] = s[:, 1:] != s[:, :-1]
-    end = np.where(is_end, np.arange(N), N)
-    end = np.minimum.accumulate(end[:, ::-1], axis=1)[:, ::-1]
+    end = torch.where(is_end, torch.arange(N), torch.tensor(N))
+    end = torch.flip(torch.cummin(torch.flip(end, [1]), dim=1).values, [1])
     total = tps[:, -1]
-    has_pos = total > 0
-    ap = (y * np.take_along_axis(precision, end, axis=1)).sum(axis=1)
-    out[has_pos] = np.minimum(1.0, ap[has_pos] / total[has_pos])
+    ap = (y * torch.gather(precision, 1, end)).sum(dim=1)
+    has_pos = (total > 0).numpy()
+    res = torch.clamp(ap / torch.where(total > 0, total, torch.ones_like(total)), max=1.0).numpy()
+    out[has_pos] = res[has_pos]
     return out
 
 
