@@ -52,6 +52,7 @@ class LocalBackend:
         search_method: str = "flat",
         search_recall: float = 0.95,
         search_k: int = 100,
+        cache_key: dict | None = None,
         log=None,
     ):
         if search_method not in ("flat", "ivf", "index"):
@@ -61,6 +62,7 @@ class LocalBackend:
         self.search_recall = float(search_recall)
         self.search_k = int(search_k)
         self._log = log
+        self._cache_key = cache_key  # with it, a built IVF is kept in (and reused from) the cache folder
         self._subsets: list | None = None
         self.search_build_seconds = 0.0
         self.device = device
@@ -101,13 +103,12 @@ class LocalBackend:
 
             t0 = time.perf_counter()
             subs = []
-            for sh in self.index.shards:
+            for s_i, sh in enumerate(self.index.shards):
                 keep = ~isin_sorted(sh.ids, self.excluded)
                 ids = sh.ids[keep]
                 vec = np.ascontiguousarray(np.asarray(sh.vectors)[keep], dtype=np.float32)
                 if self.search_method == "ivf" and ids.size:
-                    sub = IvfSubset.train(ids, vec)
-                    sub.calibrate_nprobe(self.search_k, target=self.search_recall)
+                    sub = self._ivf(s_i, ids, vec)
                 else:
                     sub = FlatSubset(ids, vec)
                 subs.append(sub)
@@ -119,6 +120,43 @@ class LocalBackend:
                     f"(built in {time.perf_counter() - t0:.1f} s)"
                 )
         return self._subsets
+
+    def _ivf(self, shard: int, ids: np.ndarray, vec: np.ndarray):
+        """Shard ``shard``'s IVF over its train rows: from the cache when an earlier run built the same one,
+        else trained, calibrated and cached."""
+        from . import cache
+        from .index.subset import IvfSubset
+
+        key = None
+        if self._cache_key is not None:
+            key = {**self._cache_key, "shard": shard, "rows": int(ids.size), "ids": cache.ids_digest(ids)}
+            key.update(k=self.search_k, recall=self.search_recall)
+            hit = cache.load("ivf", key)
+            if hit is not None:
+                try:
+                    sub = IvfSubset(ids, vec, hit["centroids"], hit["assign"], nprobe=int(hit["nprobe"]))
+                    sub.recall = float(hit["recall"])
+                    if self._log is not None:
+                        self._log(
+                            f"search index: reused the IVF an earlier run built for this store ({cache.cache_root()})"
+                        )
+                    return sub
+                except Exception:  # noqa: BLE001 - a stale or damaged cache entry is rebuilt, never trusted
+                    pass
+        sub = IvfSubset.train(ids, vec)
+        sub.calibrate_nprobe(self.search_k, target=self.search_recall)
+        if key is not None:
+            cache.save(
+                "ivf",
+                key,
+                {
+                    "centroids": sub.centroids.astype(np.float32),
+                    "assign": sub.assign.astype(np.int32),
+                    "nprobe": np.array(sub.nprobe),
+                    "recall": np.array(sub.recall),
+                },
+            )
+        return sub
 
     @property
     def search_path(self) -> str:

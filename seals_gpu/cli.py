@@ -189,6 +189,12 @@ def _add_run_args(pr: argparse.ArgumentParser) -> None:
         default=0.95,
         help="IVF: nprobe is calibrated so that recall@k against exact search reaches this (default 0.95)",
     )
+    pr.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither reuse nor keep the search index this run builds (default: kept under $SEALS_GPU_CACHE "
+        "or ~/.cache/seals_gpu, keyed by the store's fingerprint, and reused by later runs)",
+    )
     pr.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     pr.add_argument("--ray-address", default=None, help="join this Ray cluster (with a sharded --index)")
     pr.add_argument("--ray", action="store_true", help="serve --index from Ray shard actors")

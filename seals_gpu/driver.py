@@ -223,8 +223,10 @@ class Run:
         device: DeviceChoice | None = None,
         progress: bool = True,
         log=print,
+        cache: bool = True,
     ):
         self.config = config
+        self.use_cache = cache
         self.out = Path(out)
         self.store = store
         self.device = device or resolve_device("auto")
@@ -261,6 +263,7 @@ class Run:
                 search_method=self.plan.method if self.plan.method in ("flat", "ivf", "index") else "flat",
                 search_recall=config.search_recall,
                 search_k=config.k,
+                cache_key=self._cache_key(index) if cache else None,
                 log=log,
             )
         self.backend = backend
@@ -299,16 +302,67 @@ class Run:
         self.round = -1
         self.already_finished = False  # set by start(resume=True) on a run that had already ended
         self._nbr = NeighborCache(config.k)
+        self._precomputed = False
         self._test_x: torch.Tensor | None = None
         self._test_y: dict[Any, np.ndarray] = {
             c: isin_sorted(self.test_ids, positives[c]) for c in config.concepts
         }
 
+    def _cache_key(self, index: LocalIndex) -> dict[str, Any]:
+        """What a cached search structure for this run depends on (see :mod:`seals_gpu.cache`)."""
+        from .cache import ids_digest
+
+        return {
+            "store": self.store.fingerprint,
+            "test": ids_digest(self.test_ids),
+            "index": "in-memory" if index.manifest["shards"][0]["dir"] is None else str(index.path.resolve()),
+            "shards": len(index.shards),
+            "method": self.plan.method,
+        }
+
     # ------------------------------------------------------------------ neighbours
+    def _precompute_neighbors(self) -> None:
+        """Every train row's k neighbours in big batches (the plan says there are more queries ahead than
+        train rows), from the cache when an earlier run with the same store and settings computed them."""
+        from . import cache
+
+        key = None
+        if self.use_cache and hasattr(self.backend, "_cache_key") and self.backend._cache_key is not None:
+            key = {**self.backend._cache_key, "k": self.config.k, "recall": self.config.search_recall}
+            hit = cache.load("neighbors", key)
+            if hit is not None and np.array_equal(hit.get("ids"), self.train_ids):
+                I = hit["I"]
+                if I.shape == (self.train_ids.size, self.config.k):
+                    self._nbr.add(self.train_ids, hit["D"], I)
+                    self.log(f"neighbours: reused every train row's {self.config.k} from the cache")
+                    return
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.train_ids.size, desc="neighbours of every train row", unit="rows")
+        Ds, Is = [], []
+        for s in range(0, self.train_ids.size, 16_384):
+            blk = self.train_ids[s : s + 16_384]
+            D, I = self.backend.search(self.backend.vectors(blk), self.config.k, exclude_ids=blk)
+            Ds.append(D)
+            Is.append(I)
+            if bar is not None:
+                bar.update(blk.size)
+        if bar is not None:
+            bar.close()
+        D, I = np.concatenate(Ds), np.concatenate(Is)
+        self._nbr.add(self.train_ids, D, I)
+        if key is not None:
+            cache.save("neighbors", key, {"ids": self.train_ids, "D": D, "I": I})
+
     def neighbors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours ``(D (n, k), I (n, k))`` of each id (-inf / -1 padded), from the graph or one
         batched search for the ids not seen before; cached for the run."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
+        if self.plan.precompute and self.graph is None and not self._precomputed:
+            self._precomputed = True
+            self._precompute_neighbors()
         todo = self._nbr.missing(ids)
         if todo.size:
             k = self.config.k
@@ -975,7 +1029,17 @@ def run_from_args(a: Any) -> Run:
             t_loaded = time.perf_counter()
             r.start(resume=a.resume)
     else:
-        r = Run(cfg, out, store=store, index=index, graph=graph, device=dev, progress=not a.quiet, log=log)
+        r = Run(
+            cfg,
+            out,
+            store=store,
+            index=index,
+            graph=graph,
+            device=dev,
+            progress=not a.quiet,
+            log=log,
+            cache=not getattr(a, "no_cache", False),
+        )
         announce()
         log(f"plan: search {r.plan.describe()}")
         log(f"search: {'kNN graph lookup' if graph is not None else r.backend.search_path}")

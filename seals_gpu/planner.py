@@ -34,9 +34,15 @@ class SearchPlan:
     reason: str
     recall: float = 0.95
     queries: int = 0
+    precompute: bool = False  # search every train row once up front (a graph in memory, cached for reuse)
 
     def describe(self) -> str:
-        return f"{self.method} ({self.reason})"
+        pre = (
+            "; every train row's neighbours up front (more queries than train rows)"
+            if self.precompute
+            else ""
+        )
+        return f"{self.method} ({self.reason}{pre})"
 
 
 def expected_queries(*, concepts: int, seals_units: int, seed_size: int, budget: int) -> int:
@@ -70,8 +76,9 @@ def plan_search(
         return SearchPlan("none", "no SEALS unit: nothing to search", recall, 0)
     if graph:
         return SearchPlan("graph", "--graph given: pools grow by lookup", recall, q)
+    pre = q >= n_train
     if requested != "auto":
-        return SearchPlan(requested, f"--search {requested}", recall, q)
+        return SearchPlan(requested, f"--search {requested}", recall, q, pre)
     if index_kind == "ivfpq":
         return SearchPlan("index", "the --index is IVF-PQ: its own search, test rows filtered", recall, q)
     if device_kind == "cuda":
@@ -84,6 +91,7 @@ def plan_search(
             recall,
             q,
         )
+    flat_work = float(min(q, n_train)) * n_train * dim  # a graph of every train row bounds the queries
     nlist = max(16, int(round(n_train**0.5)))
     build = 64.0 * nlist * nlist * dim * 12 + float(n_train) * nlist * dim
     ivf_work = build + flat_work * IVF_FRACTION * IVF_OVERHEAD
@@ -94,7 +102,8 @@ def plan_search(
             f"IVF ~{ivf_work:.1e} with its build (recall target {recall:g}; --search flat for exact)",
             recall,
             q,
+            pre,
         )
     return SearchPlan(
-        "flat", f"exact search ({flat_work:.1e} multiply-adds) is not worth an IVF build here", recall, q
+        "flat", f"exact search ({flat_work:.1e} multiply-adds) is not worth an IVF build here", recall, q, pre
     )

@@ -54,3 +54,18 @@ def assert_same_neighbors(D, I, D_ref, I_ref, tol=1e-5):
         if not np.array_equal(I[r], I_ref[r]):
             same_set = set(I[r].tolist()) == set(I_ref[r].tolist())
             assert same_set or (D_ref[r, -1] - D_ref[r, -2] < tol), (r, I[r], I_ref[r])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Runs cache what they build under $SEALS_GPU_CACHE: point it at a temporary folder so the suite never
+    writes to (or reuses from) the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("SEALS_GPU_CACHE")
+    os.environ["SEALS_GPU_CACHE"] = str(tmp_path_factory.mktemp("seals_gpu_cache"))
+    yield
+    if old is None:
+        os.environ.pop("SEALS_GPU_CACHE", None)
+    else:
+        os.environ["SEALS_GPU_CACHE"] = old

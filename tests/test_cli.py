@@ -140,3 +140,41 @@ def test_run_plans_its_search_and_writes_timings(tmp_path, capsys):
     # a bad recall target is refused before anything is written
     code, _, err = _run(["run", store, "--out", tmp_path / "bad", "--search-recall", 1.5] + common, capsys)
     assert code == 2 and "--search-recall 1.5" in err and not (tmp_path / "bad").exists()
+
+
+def test_a_second_run_reuses_the_cached_search_index(tmp_path, capsys, monkeypatch):
+    """The IVF built by one run is reused by the next run on the same store, and so are every train row's
+    neighbours when the plan computes them up front; selections do not change. A damaged cache entry is
+    rebuilt, and --no-cache neither reads nor writes."""
+    import pyarrow.parquet as pq
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SEALS_GPU_CACHE", str(cache))
+    store = tmp_path / "store"
+    synth = ["store", "synth", store, "--n", 3000, "--dim", 8, "--concepts", 2, "--prevalence", "0.01:0.02"]
+    assert _run(synth, capsys)[0] == 0
+
+    def run(name, budget, *extra):
+        args = ["run", store, "--out", tmp_path / name, "--concepts", "0,1", "--strategies", "maxent"]
+        args += ["--modes", "seals", "--budget", budget, "--k", 10, "--search", "ivf", "--quiet", *extra]
+        code, _, err = _run(args, capsys)
+        assert code == 0, err
+        return err, pq.read_table(tmp_path / name / "selections.parquet").to_pydict()
+
+    err, sel = run("a", 400)  # few queries: per-round search; the IVF is cached
+    assert "reused" not in err and [p.name[:4] for p in cache.iterdir()] == ["ivf-"]
+    err, again = run("b", 400)
+    assert "reused the IVF" in err and again == sel
+    err, big = run("c", 1300)  # more queries than train rows: every row's neighbours up front, cached
+    assert "every train row" in err and "reused the IVF" in err
+    assert sorted(p.name[:4] for p in cache.iterdir()) == ["ivf-", "neig"]
+    err, big2 = run("d", 1300)
+    assert "reused every train row" in err and "search index: IVF over" not in err and big2 == big
+    for f in cache.iterdir():  # damage every entry: they are rebuilt, not trusted
+        f.write_bytes(b"not an npz")
+    err, big3 = run("e", 1300)
+    assert "reused" not in err and big3 == big
+    before = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    err, big4 = run("f", 1300, "--no-cache")
+    assert "reused" not in err and big4 == big
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before

@@ -165,6 +165,10 @@ class IvfSubset:
     ):
         ids = np.asarray(ids, dtype=np.int64)
         nlist = int(centroids.shape[0])
+        assign = np.asarray(assign, dtype=np.int64)
+        if assign.shape != ids.shape or (assign.size and (assign.min() < 0 or assign.max() >= nlist)):
+            raise IndexError_(f"IVF list assignment of shape {assign.shape} does not fit {ids.size} rows")
+        self.assign = assign  # each row's list, in the order given (what a cache stores)
         order = np.argsort(assign, kind="stable")
         counts = np.bincount(assign, minlength=nlist)
         self.offsets = np.zeros(nlist + 1, dtype=np.int64)
