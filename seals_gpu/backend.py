@@ -99,7 +99,7 @@ class LocalBackend:
         if self._subsets is None:
             import time
 
-            from .index.subset import FlatSubset, IvfSubset
+            from .index.subset import FlatSubset
 
             t0 = time.perf_counter()
             subs = []
