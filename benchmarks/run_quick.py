@@ -2,9 +2,9 @@
 other, then the scale model from their JSON. Budget: under 15 minutes on 2 cores. Prints each script's table,
 a summary of wall times and where the JSON went.
 
-``bench_paper`` needs the embedded WordNet parquet: it runs when ``--wordnet-parquet`` (default
-``../shared/data/wordnet_noun_minilm.parquet``, the development copy) exists, and is skipped with a note
-otherwise. ``bench_kernels.py`` and ``bench_distributed.py`` are not part of this set.
+``bench_paper`` and ``bench_sweep`` need the embedded WordNet parquet: they run when ``--wordnet-parquet``
+(default ``../shared/data/wordnet_noun_minilm.parquet``, the development copy) exists, and are skipped with a
+note otherwise. ``bench_kernels.py`` and ``bench_distributed.py`` are not part of this set.
 
     python benchmarks/run_quick.py
     python benchmarks/run_quick.py --only learner,index
@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-SCRIPTS = ["learner", "concurrency", "index", "latency", "id", "paper", "scale_model"]
+SCRIPTS = ["learner", "concurrency", "index", "latency", "id", "paper", "sweep", "scale_model"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         script = HERE / (f"{name}.py" if name == "scale_model" else f"bench_{name}.py")
         out = OUT / f"{name}.json"
         cmd = [sys.executable, str(script), "--quick", "--device", args.device, "--out", str(out)]
-        if name == "paper":
+        if name in ("paper", "sweep"):
             if not args.wordnet_parquet.is_file():
                 print(
                     f"\n### {name}: skipped ({args.wordnet_parquet} not found; pass --wordnet-parquet)",
