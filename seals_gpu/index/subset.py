@@ -12,8 +12,10 @@ bits for the same pair.
                 queries assigned to their ``nprobe`` nearest lists in float64 (so a query's lists do not
                 depend on the rest of its batch), then for every list ONE GEMM of all the queries probing it
                 against the list's rows (list-major order: each list's rows are read once per batch, at GEMM
-                speed), a top-(k + margin) per (query, list), one top-(k + margin) per query over its lists
-                and the float64 re-score. FAISS's IndexIVFFlat scans a list per query with SIMD dot
+                speed). Lists are scanned in two phases: first each query's nearest list, whose
+                (k + margin)-th best score bounds the final one from below; then the other lists keep only
+                scores above that bound (about a tenth of the rows scanned), and one top-(k + margin) per
+                query over the survivors, then the boundary re-score. FAISS's IndexIVFFlat scans a list per query with SIMD dot
                 products instead: on 2 cores at 2,000 queries x 65k x 384 it needed the same time as exact
                 search at 1/8 of the rows probed; the list-major GEMM runs close to the flat GEMM's rate.
                 ``calibrate_nprobe`` picks the smallest nprobe whose recall@k against exact search reaches
@@ -146,6 +148,33 @@ def default_nlist(n: int) -> int:
     return int(max(16, min(nlist, 65_536, n // 32)))
 
 
+def _ragged_topk(
+    q: np.ndarray, s: np.ndarray, p: np.ndarray, nq: int, kc: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the ``kc`` best of its candidates ``(q[j], s[j], p[j])`` (any order, any count): returns
+    ``(nq, kc)`` scores and positions (-inf / -1 where a query has fewer), by one sort of a composite int64
+    key (query, then score descending as order-preserving float bits)."""
+    out_s = np.full((nq, kc), -np.inf, dtype=np.float32)
+    out_p = np.full((nq, kc), -1, dtype=np.int64)
+    if q.size == 0:
+        return out_s, out_p
+    bits = np.ascontiguousarray(s, dtype=np.float32).view(np.int32).astype(np.int64)
+    # IEEE floats order like sign-magnitude integers: flip the magnitude of negatives, then negate for
+    # descending order; the result fits in 33 bits above a 2**31 offset
+    key_s = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    key = q.astype(np.int64) * (1 << 33) + ((1 << 31) - 1 - key_s)
+    o = np.argsort(key, kind="stable")
+    qs = q[o]
+    counts = np.bincount(qs, minlength=nq)
+    start = np.cumsum(counts) - counts
+    rank = np.arange(qs.size) - start[qs]
+    keep = rank < kc
+    o, qs, rank = o[keep], qs[keep], rank[keep]
+    out_s[qs, rank] = s[o]
+    out_p[qs, rank] = p[o]
+    return out_s, out_p
+
+
 class IvfSubset:
     """Inverted lists over ``(ids, vectors)``, searched list-major with one GEMM per list (see module doc).
 
@@ -181,6 +210,7 @@ class IvfSubset:
         self.nlist = nlist
         self.nprobe = int(nprobe)
         self.recall: float | None = None  # set by calibrate_nprobe
+        self.threads: int | None = None  # threads scanning lists (default: torch's thread count)
 
     @property
     def ntotal(self) -> int:
@@ -229,13 +259,15 @@ class IvfSubset:
             assign[s : s + blk.shape[0]] = torch.argmax(blk @ c_t.T, dim=1).numpy()
         return cls(ids, vectors, centroids, assign, nprobe=min(nprobe, nlist))
 
-    def _probes(self, xq: np.ndarray, nprobe: int) -> np.ndarray:
-        """``(nq, nprobe)`` nearest lists per query, from float64 scores (batch-independent)."""
+    def _probes(self, xq: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(nq, nprobe)`` nearest lists per query and ``(nq,)`` the nearest of all, from float64 scores (so
+        independent of the batch). The nearest is always among the probed (argmax ties: the lower list)."""
         cs = xq.astype(np.float64) @ self.centroids.T
+        first = np.argmax(cs, axis=1)
         if nprobe >= self.nlist:
-            return np.broadcast_to(np.arange(self.nlist), (xq.shape[0], self.nlist)).copy()
+            return np.broadcast_to(np.arange(self.nlist), (xq.shape[0], self.nlist)).copy(), first
         part = np.argpartition(-cs, nprobe - 1, axis=1)[:, :nprobe]
-        return part
+        return part, first
 
     def search(
         self,
@@ -264,52 +296,73 @@ class IvfSubset:
                 for s in range(0, nq, q_chunk)
             ]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        probes = self._probes(xq, nprobe)  # (nq, P)
-        P = probes.shape[1]
-        sizes = (self.offsets[1:] - self.offsets[:-1])[probes]  # (nq, P) rows per probed list
-        starts = np.zeros_like(sizes)
-        np.cumsum(sizes[:, :-1], axis=1, out=starts[:, 1:])
-        width = max(int(sizes.sum(axis=1).max()), 1)
-        # every probed list's scores go to its query's row of one (nq, width) block; one top-k per row after
-        cand = torch.full((nq, width), -math.inf, dtype=torch.float32)
-        flat_lists = probes.ravel()
-        order = np.argsort(flat_lists, kind="stable")
-        bounds = np.searchsorted(flat_lists[order], np.arange(self.nlist + 1))
-        q_of = order // P
-        cell0 = torch.from_numpy(q_of * width + starts.ravel()[order])
-        q_of_t = torch.from_numpy(q_of)
+        probes, first = self._probes(xq, nprobe)  # (nq, P) lists per query; (nq,) the nearest one
         xq_t = torch.from_numpy(xq)
         vec_t = torch.from_numpy(self.vectors)
-        flat_cand = cand.view(-1)
-        for lst in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
-            a, b = int(self.offsets[lst]), int(self.offsets[lst + 1])
-            if a == b:
-                continue
-            lo, hi = int(bounds[lst]), int(bounds[lst + 1])
-            S = xq_t[q_of_t[lo:hi]] @ vec_t[a:b].T
-            cells = (cell0[lo:hi, None] + torch.arange(b - a)[None, :]).view(-1)
-            flat_cand[cells] = S.view(-1)
-        kk = min(kc, width)
-        sims_t, col = torch.topk(cand, kk, dim=1, sorted=False)
-        col = col.numpy()
-        # column -> (slot, offset in list) -> row position in list-major order
-        slot = np.empty_like(col)
-        for r in range(0, nq, 1024):  # searchsorted per row, vectorised by offsetting rows apart
-            st = starts[r : r + 1024]
-            base = np.arange(st.shape[0])[:, None] * (width + 1)
-            slot[r : r + 1024] = (
-                np.searchsorted(
-                    (st + base).ravel(), (col[r : r + 1024] + base).ravel(), side="right"
-                ).reshape(col[r : r + 1024].shape)
-                - 1
-                - np.arange(st.shape[0])[:, None] * P
-            )
-        rows = np.arange(nq)[:, None]
-        within = col - starts[rows, slot]
-        lst_of = probes[rows, slot]
-        pos = self.offsets[lst_of] + within
-        sims = sims_t.numpy()
-        pos = np.where(np.isfinite(sims), pos, -1)
+        off = self.offsets
+        # Phase 1: each query against its nearest list. Its kc-th best score there is a lower bound on its
+        # kc-th best over all its lists (thr), so phase 2 keeps only scores >= thr: every candidate of the
+        # final top-kc survives, and the survivors are a few times kc instead of every probed row.
+        thr = torch.full((nq,), -math.inf, dtype=torch.float32)
+        qs_by_first = np.argsort(first, kind="stable")
+        b1 = np.searchsorted(first[qs_by_first], np.arange(self.nlist + 1))
+        # Phase 2: every other (query, list) pair, grouped by list.
+        rest = probes != first[:, None]
+        q2 = np.broadcast_to(np.arange(nq)[:, None], probes.shape)[rest]
+        l2 = probes[rest]
+        o2 = np.argsort(l2, kind="stable")
+        q2, l2 = q2[o2], l2[o2]
+        b2 = np.searchsorted(l2, np.arange(self.nlist + 1))
+        found: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
+
+        def scan(lists: list[int], phase: int, out: list) -> None:
+            qsel, bnd = (qs_by_first, b1) if phase == 1 else (q2, b2)
+            for lst in lists:
+                a, b = int(off[lst]), int(off[lst + 1])
+                qs = torch.from_numpy(qsel[bnd[lst] : bnd[lst + 1]])
+                S = xq_t[qs] @ vec_t[a:b].T
+                if phase == 1:
+                    t = torch.topk(S, kc, dim=1).values[:, -1] if b - a >= kc else None
+                    if t is not None:
+                        thr[qs] = t
+                        keep = S >= t[:, None]
+                    else:
+                        keep = torch.ones_like(S, dtype=torch.bool)
+                else:
+                    keep = S >= thr[qs][:, None]
+                r, c = keep.nonzero(as_tuple=True)
+                out.append((qs[r], S[r, c], c + a))
+
+        def run_phase(phase: int, bnd: np.ndarray) -> None:
+            todo = np.flatnonzero((bnd[1:] > bnd[:-1]) & (off[1:] > off[:-1])).tolist()
+            if not todo:
+                return
+            workers = max(1, min(self.threads or prev, len(todo) // 8 or 1))
+            outs: list[list] = [[] for _ in range(workers)]
+            if workers == 1:
+                scan(todo, phase, outs[0])
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(lambda w: scan(todo[w::workers], phase, outs[w]), range(workers)))
+            found.extend(outs)
+
+        # The per-list products are small: torch's intra-op threads only add synchronisation (and collapse
+        # when another process holds a core). Instead, lists are split over Python threads, each running
+        # torch single-threaded (torch releases the GIL inside its ops).
+        prev = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            run_phase(1, b1)
+            run_phase(2, b2)
+        finally:
+            torch.set_num_threads(prev)
+        parts = [t for out in found for t in out]
+        cq = torch.cat([t[0] for t in parts]).numpy()
+        cs = torch.cat([t[1] for t in parts]).numpy()
+        cp = torch.cat([t[2] for t in parts]).numpy()
+        sims, pos = _ragged_topk(cq, cs, cp, nq, kc)
         return _finish(xq, self.vectors, self.ids, sims, pos, k, exclude_ids)
 
     def list_of(self, positions: np.ndarray) -> np.ndarray:
