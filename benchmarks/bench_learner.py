@@ -1,28 +1,35 @@
-"""The batched learner against scikit-learn: seals_gpu.learner.fit_logistic on U units in one call vs a loop of
-``sklearn.linear_model.LogisticRegression(C=1.0)`` fits over the same U problems.
+"""The learner against scikit-learn on CPU: seals_gpu's logistic fits vs a loop of
+``sklearn.linear_model.LogisticRegression(C=C).fit`` over the same U problems, on a grid of sizes.
 
-Problems at the paper's sizes: U = 100 units (concepts), L = 2,000 labels each, d = 384 (MiniLM's width),
-5% positives (100 rows of one cluster of synthetic clustered unit vectors, 1,900 others; 1% of labels flipped
-so no problem is separable). Cases, measured in turn (interleaved) so that load drifts hit all alike:
+Grid: d in {64, 384, 2048} x L (labels per unit) in {100, 1000, 5000} x {cold, warm}. Each cell has U units
+(20 at small sizes, fewer where one unit is large, so that a cell takes a few seconds at most) with 5%
+positives (rows of one cluster of synthetic clustered unit vectors, the rest from other clusters; 1% of
+labels flipped so that no problem is separable). Cases:
 
-- ``cold``        fit_logistic from scratch vs sklearn from scratch (lbfgs, default tol 1e-4);
-- ``warm``        a round's refit: both warm-started from the fit on the first 1,900 labels
-  (fit_logistic ``init=``, as the driver does; sklearn ``warm_start=True``);
-- ``warm+factor`` fit_logistic warm-started from a model fitted with ``keep_factor=True`` (skips the
-  Hessian build), against the same sklearn warm fit.
+- ``cold``  both from scratch (ours ``W = 0``, ``b`` = log-odds; sklearn lbfgs, default tol 1e-4);
+- ``warm``  a round's refit: both warm-started from the fit on the first 95% of the labels
+  (ours ``init=``, as the driver does; sklearn ``warm_start=True``).
 
-Also the largest |p_ours - p_sklearn| over every training row of every unit, against sklearn's default fit
-and against one asked for tol 1e-10 (first 20 units), and the sup-norm of each solution's gradient of the
-shared objective (``grad_*``, float64): which of the two is closer to the optimum. lbfgs stops on its own
-function-change test (ftol = 64 eps) long before tol 1e-10, so "tight" sklearn is not the exact optimum.
-Target: >= 20x at U = 100.
+"ours" is ``fit_logistic_units`` (ragged per-unit arrays: what the driver calls on CPU) for
+``--method lbfgs`` (the default), or the padded ``fit_logistic(method="newton")`` for ``--method newton``
+(the batched Newton solver, for comparison). Timings are medians of runs interleaved with scikit-learn's
+(``cm.interleaved``), so that drifting load hits both alike. With ``--threads N`` both sides get N threads:
+torch and BLAS (threadpoolctl, around the sklearn loop too) and ours ``threads=N``.
 
-    python benchmarks/bench_learner.py --quick
-    python benchmarks/bench_learner.py --units 100 --labels 2000 --dim 384
+Accuracy columns: ``grad_*`` is the largest (over units) sup-norm of the gradient of the objective in
+scikit-learn's scaling, ``max|grad F| / (C n)`` in float64, for ours and for sklearn's default fit (the
+quantity sklearn's ``tol`` bounds; ours stops at 1e-5, 10x tighter); ``max_dp_vs_sklearn`` the largest
+|p_ours - p_sklearn| over every training row of every unit, and ``max_dp_vs_tight`` the same against sklearn
+asked for tol 1e-10 (first 3 units). Target: speedup >= 1 in every cell.
+
+    python benchmarks/bench_learner.py --threads 1 --quick
+    python benchmarks/bench_learner.py --threads 1
+    python benchmarks/bench_learner.py --threads 1 --method newton --dims 384 --labels 1000
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import warnings
@@ -31,18 +38,24 @@ from typing import Any
 import _common as cm
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
-from seals_gpu.learner import fit_logistic
+from seals_gpu.learner import LogisticModel, fit_logistic, fit_logistic_units
 
 NAME = "learner"
+N_TIGHT = 3  # units refitted by sklearn at tol 1e-10 for the "tight" reference
 
 
-def make_problems(U: int, L: int, d: int, pos_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``X (U, L, d)`` float32 unit rows and ``y (U, L)`` float32 labels."""
-    pool, cluster = cm.clustered_vectors(max(50_000, 40 * L), d, seed=seed, n_clusters=256)
-    rng = np.random.default_rng([seed, 11])
-    sizes = np.bincount(cluster, minlength=256)
+def make_problems(
+    U: int, L: int, d: int, pos_frac: float, seed: int, pool: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``X (U, L, d)`` float32 unit rows and ``y (U, L)`` float32 labels drawn from a clustered pool."""
     n_pos = max(1, round(pos_frac * L))
+    if pool is None:
+        pool = cm.clustered_vectors(max(20_000, 8 * L), d, seed=seed, n_clusters=64)
+    vecs, cluster = pool
+    rng = np.random.default_rng([seed, 11, L])
+    sizes = np.bincount(cluster)
     X = np.empty((U, L, d), dtype=np.float32)
     y = np.zeros((U, L), dtype=np.float32)
     for u in range(U):
@@ -51,156 +64,215 @@ def make_problems(U: int, L: int, d: int, pos_frac: float, seed: int) -> tuple[n
         neg = rng.choice(np.flatnonzero(cluster != c), size=L - n_pos, replace=False)
         rows = np.concatenate([pos, neg])
         perm = rng.permutation(L)
-        X[u] = pool[rows[perm]]
+        X[u] = vecs[rows[perm]]
         y[u] = (np.arange(L) < n_pos)[perm]
         flip = rng.random(L) < 0.01
         y[u, flip] = 1 - y[u, flip]
     return X, y
 
 
-def sklearn_fit(X: np.ndarray, y: np.ndarray, *, tol: float = 1e-4, init: list | None = None) -> list:
+def units_for(L: int, d: int, quick: bool) -> int:
+    """Units per cell: ~200 MB of float32 rows (--quick: ~60 MB), between 2 and 20 (--quick: 10)."""
+    budget, cap = (60e6, 10) if quick else (200e6, 20)
+    return int(max(2, min(cap, budget // (4 * L * d))))
+
+
+def sklearn_fit(
+    X: np.ndarray, y: np.ndarray, C: float, *, tol: float = 1e-4, init: list | None = None
+) -> list:
     from sklearn.linear_model import LogisticRegression
 
     models = []
     for u in range(X.shape[0]):
-        if init is None:
-            m = LogisticRegression(C=1.0, tol=tol, max_iter=10_000)
-        else:
-            m = init[u]
+        m = LogisticRegression(C=C, tol=tol, max_iter=10_000) if init is None else init[u]
         m.fit(X[u], y[u])
         models.append(m)
     return models
 
 
-def sklearn_proba(models: list, X: np.ndarray) -> np.ndarray:
+def grad_scaled(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, C: float) -> float:
+    """``max|grad F| / (C n)`` for F = 0.5|w|^2 + C sum log(1 + exp(-s z)) (sklearn's tol scaling), float64."""
+    x = X.astype(np.float64)
+    r = 1.0 / (1.0 + np.exp(-(x @ w + b))) - y
+    g = np.concatenate([w + C * (x.T @ r), [C * r.sum()]])
+    return float(np.abs(g).max()) / (C * len(y))
+
+
+def proba_ours(model: LogisticModel, X: np.ndarray) -> np.ndarray:
+    W = model.W.double().cpu().numpy()
+    b = model.b.double().cpu().numpy()
+    return 1.0 / (1.0 + np.exp(-(np.einsum("uld,ud->ul", X.astype(np.float64), W) + b[:, None])))
+
+
+def proba_sklearn(models: list, X: np.ndarray) -> np.ndarray:
     return np.stack([m.predict_proba(X[u].astype(np.float64))[:, 1] for u, m in enumerate(models)])
 
 
-def grad_supnorm(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, C: float = 1.0) -> float:
-    """Sup-norm of the gradient of sklearn's objective 0.5|w|^2 + C sum log(1 + exp(-s z)) (float64)."""
-    x = X.astype(np.float64)
-    r = 1.0 / (1.0 + np.exp(-(x @ w + b))) - y
-    return float(np.abs(np.concatenate([w + C * (x.T @ r), [C * r.sum()]])).max())
+def run_cell(
+    args: Any, d: int, L: int, pool: tuple[np.ndarray, np.ndarray], reps: int
+) -> list[dict[str, Any]]:
+    U = args.units or units_for(L, d, args.quick)
+    C = args.C
+    X, y = make_problems(U, L, d, args.pos_frac, args.seed, pool)
+    L0 = L - max(1, L // 20)  # the previous round: 95% of the labels
+    threads = args.threads or torch.get_num_threads()
+
+    def limit() -> Any:
+        return threadpool_limits(limits=args.threads) if args.threads else contextlib.nullcontext()
+
+    if args.method == "newton":
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+        mask = torch.ones(U, L, dtype=torch.bool)
+        mask0 = mask.clone()
+        mask0[:, L0:] = False
+        prev = fit_logistic(Xt, yt, mask0, C=C, method="newton")
+
+        def ours(init: LogisticModel | None) -> LogisticModel:
+            return fit_logistic(Xt, yt, mask, C=C, init=init, method="newton")
+    else:
+        Xs, ys = list(X), list(y)
+        prev = fit_logistic_units([x[:L0] for x in X], [v[:L0] for v in y], C=C, threads=threads)
+
+        def ours(init: LogisticModel | None) -> LogisticModel:
+            return fit_logistic_units(Xs, ys, C=C, init=init, threads=threads)
+
+    with warnings.catch_warnings(), limit():
+        warnings.simplefilter("ignore")
+        sk_prev = sklearn_fit(X[:, :L0], y[:, :L0], C)
+        for m in sk_prev:
+            m.set_params(warm_start=True)
+        sk_warm_models: list = []
+
+        def sk_warm_setup() -> None:
+            sk_warm_models[:] = [copy.deepcopy(m) for m in sk_prev]
+
+        def sk_cold() -> list:
+            with limit():
+                return sklearn_fit(X, y, C)
+
+        def sk_warm() -> list:
+            with limit():
+                return sklearn_fit(X, y, C, init=sk_warm_models)
+
+        t = cm.interleaved(
+            {
+                "ours_cold": lambda: ours(None),
+                "sklearn_cold": sk_cold,
+                "ours_warm": lambda: ours(prev),
+                "sklearn_warm": sk_warm,
+            },
+            repeats=reps,
+            setups={"sklearn_warm": sk_warm_setup},
+            max_seconds=20,
+            slow=1.0,
+        )
+        n_tight = min(U, N_TIGHT)
+        tight = sklearn_fit(X[:n_tight], y[:n_tight], C, tol=1e-10)
+    p_tight = proba_sklearn(tight, X[:n_tight])
+    rows = []
+    for case in ("cold", "warm"):
+        model = t[f"ours_{case}"]["result"]
+        sk = t[f"sklearn_{case}"]["result"]
+        p_ours = proba_ours(model, X)
+        p_sk = proba_sklearn(sk, X)
+        Wd = model.W.double().cpu().numpy()
+        bd = model.b.double().cpu().numpy()
+        ours_s, sk_s = t[f"ours_{case}"]["median"], t[f"sklearn_{case}"]["median"]
+        rows.append(
+            {
+                "case": case,
+                "dim": d,
+                "labels": L,
+                "units": U,
+                "ours_s": ours_s,
+                "sklearn_s": sk_s,
+                "speedup": sk_s / ours_s,
+                "ours_ms_per_unit": 1e3 * ours_s / U,
+                "sklearn_ms_per_unit": 1e3 * sk_s / U,
+                "ours_iters_mean": float(model.n_iter.float().mean()),
+                "sklearn_iters_mean": float(np.mean([m.n_iter_[0] for m in sk])),
+                "converged": bool(model.converged.all()),
+                "grad_ours": max(grad_scaled(X[u], y[u], Wd[u], bd[u], C) for u in range(U)),
+                "grad_sklearn": max(
+                    grad_scaled(X[u], y[u], m.coef_[0], float(m.intercept_[0]), C) for u, m in enumerate(sk)
+                ),
+                "grad_sklearn_tight": max(
+                    grad_scaled(X[u], y[u], m.coef_[0], float(m.intercept_[0]), C)
+                    for u, m in enumerate(tight)
+                ),
+                "max_dp_vs_sklearn": float(np.abs(p_ours - p_sk).max()),
+                "max_dp_vs_tight": float(np.abs(p_ours[:n_tight] - p_tight).max()),
+                "ours_times": t[f"ours_{case}"]["times"],
+                "sklearn_times": t[f"sklearn_{case}"]["times"],
+            }
+        )
+    return rows
+
+
+def _ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cm.make_parser(NAME, __doc__)
-    p.add_argument("--units", type=int, default=None, help="default 100; --quick 50")
-    p.add_argument("--labels", type=int, default=None, help="default 2000; --quick 1000")
-    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--dims", type=_ints, default=[64, 384, 2048], help="comma-separated d values")
+    p.add_argument(
+        "--labels",
+        type=_ints,
+        default=None,
+        help="comma-separated L values (default 100,1000,5000)",
+    )
+    p.add_argument(
+        "--units", type=int, default=None, help="units per cell (default: by size, 2-20; --quick 2-10)"
+    )
+    p.add_argument(
+        "--method", choices=["lbfgs", "newton"], default="lbfgs", help="our solver (default lbfgs)"
+    )
+    p.add_argument("--C", type=float, default=1.0)
     p.add_argument("--pos-frac", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     args = cm.parse(p, argv)
+    if args.labels is None:
+        args.labels = [100, 1000, 5000]
     reps = args.repeats or (2 if args.quick else 3)
-    choice = cm.resolve(args.device)
-    dev = choice.torch_device
-    U, L, d = (
-        args.units or (50 if args.quick else 100),
-        args.labels or (1000 if args.quick else 2000),
-        args.dim,
-    )
-    X, y = make_problems(U, L, d, args.pos_frac, args.seed)
-    L0 = L - max(1, L // 20)  # the previous round: 95% of the labels
-    Xt = torch.from_numpy(X).to(dev)
-    yt = torch.from_numpy(y).to(dev)
-    mask = torch.ones(U, L, dtype=torch.bool, device=dev)
-    mask0 = mask.clone()
-    mask0[:, L0:] = False
-    prev = fit_logistic(Xt, yt, mask0)
-    prev_f = fit_logistic(Xt, yt, mask0, keep_factor=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sk_prev = sklearn_fit(X[:, :L0], y[:, :L0])
-    for m in sk_prev:
-        m.set_params(warm_start=True)
-    sk_warm_models: list = []
-
-    def sk_warm_setup():
-        sk_warm_models[:] = [copy.deepcopy(m) for m in sk_prev]
-
+    choice = cm.resolve("cpu" if args.device == "auto" else args.device)
+    if choice.torch_device.type != "cpu":
+        raise SystemExit("bench_learner.py compares CPU solvers: run it with --device cpu")
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = cm.interleaved(
-            {
-                "ours_cold": lambda: fit_logistic(Xt, yt, mask),
-                "ours_warm": lambda: fit_logistic(Xt, yt, mask, init=prev),
-                "ours_warm_factor": lambda: fit_logistic(Xt, yt, mask, init=prev_f, keep_factor=True),
-                "sklearn_cold": lambda: sklearn_fit(X, y),
-                "sklearn_warm": lambda: sklearn_fit(X, y, init=sk_warm_models),
-            },
-            repeats=reps,
-            device=dev,
-            setups={"sklearn_warm": sk_warm_setup},
-            max_seconds=120,
-            slow=2.0,
-        )
-        n_tight = min(U, 20)  # the tight reference is slow: the first 20 units
-        tight = sklearn_fit(X[:n_tight], y[:n_tight], tol=1e-10)
-    print(f"timed in {time.perf_counter() - t0:.0f}s", flush=True)
-    Xd = torch.from_numpy(X).double()
-    p_tight = sklearn_proba(tight, X[:n_tight])
-    p_sk = sklearn_proba(t["sklearn_cold"]["result"], X)
     rows: list[dict[str, Any]] = []
-    for case, ours, sk in (
-        ("cold", "ours_cold", "sklearn_cold"),
-        ("warm", "ours_warm", "sklearn_warm"),
-        ("warm+factor", "ours_warm_factor", "sklearn_warm"),
-    ):
-        model = t[ours]["result"]
-        p_ours = torch.sigmoid(
-            torch.einsum("uld,ud->ul", Xd, model.W.double().cpu()) + model.b.double().cpu()[:, None]
-        )
-        p_ours = p_ours.numpy()
-        rows.append(
-            {
-                "case": case,
-                "units": U,
-                "labels": L,
-                "dim": d,
-                "ours_s": t[ours]["median"],
-                "sklearn_s": t[sk]["median"],
-                "speedup": t[sk]["median"] / t[ours]["median"],
-                "ours_ms_per_unit": 1e3 * t[ours]["median"] / U,
-                "newton_steps_mean": float(model.n_iter.float().mean()) if model.n_iter is not None else None,
-                "max_dp_vs_sklearn": float(np.abs(p_ours - p_sk).max()),
-                "max_dp_vs_sklearn_tight": float(np.abs(p_ours[:n_tight] - p_tight).max()),
-                "grad_ours": max(
-                    grad_supnorm(X[u], y[u], model.W[u].double().cpu().numpy(), float(model.b[u]))
-                    for u in range(n_tight)
-                ),
-                "grad_sklearn": max(
-                    grad_supnorm(X[u], y[u], m.coef_[0], float(m.intercept_[0]))
-                    for u, m in enumerate(t[sk]["result"][:n_tight])
-                ),
-                "grad_sklearn_tight": max(
-                    grad_supnorm(X[u], y[u], m.coef_[0], float(m.intercept_[0])) for u, m in enumerate(tight)
-                ),
-                "ours_times": t[ours]["times"],
-                "sklearn_times": t[sk]["times"],
-            }
-        )
+    for d in args.dims:
+        pool = cm.clustered_vectors(max(20_000, 8 * max(args.labels)), d, seed=args.seed, n_clusters=64)
+        for L in args.labels:
+            rows.extend(run_cell(args, d, L, pool, reps))
+            print(
+                f"d={d} L={L}: speedup cold {rows[-2]['speedup']:.2f}, warm {rows[-1]['speedup']:.2f} "
+                f"({time.perf_counter() - t0:.0f}s)",
+                flush=True,
+            )
+        del pool
     cm.print_table(
         rows,
         [
             "case",
-            "units",
-            "labels",
             "dim",
+            "labels",
+            "units",
             "ours_s",
             "sklearn_s",
             "speedup",
-            "ours_ms_per_unit",
-            "newton_steps_mean",
-            "max_dp_vs_sklearn",
-            "max_dp_vs_sklearn_tight",
+            "ours_iters_mean",
+            "sklearn_iters_mean",
             "grad_ours",
             "grad_sklearn",
-            "grad_sklearn_tight",
+            "max_dp_vs_sklearn",
+            "max_dp_vs_tight",
         ],
-        title="fit_logistic (one batched call) vs a scikit-learn loop (seconds, medians); target >= 20x",
+        title=f"{args.method} ({'fit_logistic_units' if args.method == 'lbfgs' else 'fit_logistic'}) vs a "
+        f"scikit-learn loop, threads={args.threads or 'default'} (seconds, medians); target speedup >= 1",
     )
-    cm.write_json(args.out, NAME, args, rows, target={"speedup": 20.0})
+    worst = min(r["speedup"] for r in rows)
+    print(f"worst speedup {worst:.2f}; total {time.perf_counter() - t0:.0f}s", flush=True)
+    cm.write_json(args.out, NAME, args, rows, target={"speedup": 1.0}, worst_speedup=worst)
     return 0
 
 
