@@ -38,7 +38,7 @@ from .config import RunConfig, parse_list
 from .device import DeviceChoice, resolve_device
 from .errors import ConfigError, IndexError_, SealsError
 from .index.build import LocalIndex
-from .learner import LogisticModel, fit_logistic
+from .learner import LogisticModel, fit_logistic, fit_logistic_units
 from .metrics import average_precision_many
 from .oracle import Oracle, SimulatedOracle
 from .planner import SearchPlan, plan_search
@@ -396,7 +396,18 @@ class Run:
 
     # ------------------------------------------------------------------ fit and evaluate
     def _fit(self) -> float:
+        """One fit for every unit, warm-started from the last round's models. On CPU each unit's rows are
+        passed as they are (per-unit L-BFGS, :func:`fit_logistic_units`); on a GPU one padded batch
+        (batched Newton, :func:`fit_logistic`)."""
         t0 = time.perf_counter()
+        if self.device.kind == "cpu":
+            self.model = fit_logistic_units(
+                [u.X if u.X is not None else np.empty((0, self.backend.dim), np.float32) for u in self.units],
+                [u.label_vec for u in self.units],
+                C=self.config.C,
+                init=self.model,
+            )
+            return time.perf_counter() - t0
         dev = self.device.torch_device
         U = len(self.units)
         L = max(u.n_labeled for u in self.units)
@@ -1010,6 +1021,15 @@ def run_from_args(a: Any) -> Run:
         log(
             f"{len(concepts)} concept(s) x {len(strategies)} strateg(ies) x {len(modes)} mode(s); "
             f"{cfg.n_rounds} rounds of {cfg.batch} after a seed set of {cfg.seed_size}"
+        )
+        log(
+            "learner: "
+            + (
+                f"per-unit L-BFGS on the CPU ({torch.get_num_threads()} thread(s), warm-started; a d x d "
+                "Hessian per unit costs more than the whole fit there)"
+                if dev.kind == "cpu"
+                else "batched Newton on the GPU (one batched Hessian solve for every unit)"
+            )
         )
 
     if use_ray:

@@ -178,3 +178,14 @@ def test_a_second_run_reuses_the_cached_search_index(tmp_path, capsys, monkeypat
     err, big4 = run("f", 1300, "--no-cache")
     assert "reused" not in err and big4 == big
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before
+
+
+def test_demo_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, _, err = _run(["demo", "--out", out], capsys)
+    assert code == 2 and "is not an earlier demo's output" in err
+    assert (out / "notes.txt").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == [
+        "notes.txt"
+    ]
