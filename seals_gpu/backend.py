@@ -34,6 +34,10 @@ def sub_csr(ids: np.ndarray, offsets: np.ndarray, mask: np.ndarray) -> tuple[np.
     return ids[mask], c[offsets]
 
 
+# All mode reads every train row each round; up to this many bytes of them are kept filtered in memory.
+CANDIDATE_CACHE_BYTES = 1 << 30
+
+
 class LocalBackend:
     """All shards of a :class:`LocalIndex` in this process, with their vectors resident on ``device``.
 
@@ -71,6 +75,7 @@ class LocalBackend:
         self.scoring_backend = scoring_backend
         self._emb: list[torch.Tensor | None] = [None] * len(index.shards)
         self._cand_sum: tuple[np.ndarray, int] | None = None
+        self._cand_blocks: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._gpu_search: list | None = None
         self._faiss_on_gpu = False
         self._faiss_res = None
@@ -243,12 +248,24 @@ class LocalBackend:
         return self.candidate_sum()[1]
 
     def _candidate_blocks_np(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The train rows in blocks (All mode streams them every round). When they are small enough
+        (``CANDIDATE_CACHE_BYTES``) the filtered blocks are kept, so later rounds skip the filtering copy."""
+        if self._cand_blocks is not None:
+            yield from self._cand_blocks
+            return
+        keep_all = self.index.ntotal * self.dim * 4 <= CANDIDATE_CACHE_BYTES
+        kept = []
         for ids, x in self.index.iter_vectors(self.block_rows):
             keep = ~isin_sorted(ids, self.excluded)
             if not keep.all():
                 ids, x = ids[keep], x[keep]
             if ids.size:
+                if keep_all:
+                    x = np.ascontiguousarray(x)
+                    kept.append((ids, x))
                 yield ids, x
+        if keep_all:
+            self._cand_blocks = kept
 
     # ------------------------------------------------------------------ scoring
     def score_pool(

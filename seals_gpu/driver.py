@@ -39,7 +39,7 @@ from .device import DeviceChoice, resolve_device
 from .errors import ConfigError, IndexError_, SealsError
 from .index.build import LocalIndex
 from .learner import LogisticModel, fit_logistic, fit_logistic_units
-from .metrics import average_precision_many
+from .metrics import ap_rows
 from .oracle import Oracle, SimulatedOracle
 from .planner import SearchPlan, plan_search
 from .pool import CandidatePool, NeighborCache, isin_sorted, sorted_unique, to_csr
@@ -442,8 +442,9 @@ class Run:
         aps: list[float] = []
         for s in range(0, len(self.units), 64):
             chunk = self.units[s : s + 64]
-            y = np.stack([self._test_y[u.concept] for u in chunk])
-            aps.extend(average_precision_many(y, logits_np[:, s : s + len(chunk)].T).tolist())
+            y = torch.from_numpy(np.stack([self._test_y[u.concept] for u in chunk]).astype(np.float64))
+            scores = torch.from_numpy(np.ascontiguousarray(logits_np[:, s : s + len(chunk)].T))
+            aps.extend(ap_rows(y, scores).tolist())  # float32 logits sort as they are
         return aps
 
     # ------------------------------------------------------------------ selection
@@ -621,14 +622,16 @@ class Run:
         else:
             unit = rnd = ids = np.empty(0, np.int64)
             lab = np.empty(0, bool)
-        concepts = [self.units[i].concept for i in unit.tolist()]
+        # per-unit columns, then one vectorised take per column (no Python loop over every selection)
+        take = pa.array(unit, type=pa.int64())
+        unit_concepts = [u.concept for u in self.units]
         if concept_type == pa.string():
-            concepts = [str(c) for c in concepts]
+            unit_concepts = [str(c) for c in unit_concepts]
         selections = pa.table(
             {
-                "concept": pa.array(concepts, type=concept_type),
-                "strategy": pa.array([self.units[i].strategy for i in unit.tolist()], type=pa.string()),
-                "mode": pa.array([self.units[i].mode for i in unit.tolist()], type=pa.string()),
+                "concept": pa.array(unit_concepts, type=concept_type).take(take),
+                "strategy": pa.array([u.strategy for u in self.units], type=pa.string()).take(take),
+                "mode": pa.array([u.mode for u in self.units], type=pa.string()).take(take),
                 "round": pa.array(rnd, type=pa.int64()),
                 "id": pa.array(ids, type=pa.int64()),
                 "label": pa.array(lab, type=pa.bool_()),

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["average_precision", "average_precision_many", "recall"]
+__all__ = ["ap_rows", "average_precision", "average_precision_many", "recall"]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -92,12 +92,12 @@ def average_precision_many(y_true: Any, scores: Any) -> np.ndarray:
         ValueError: shapes differ or are not 2-D, labels other than 0/1, non-finite scores.
     """
     y, s = _check_inputs(y_true, scores, 2, "average_precision_many")
-    return _ap_rows(torch.from_numpy(y), torch.from_numpy(s))
+    return ap_rows(torch.from_numpy(y), torch.from_numpy(s))
 
 
-def _ap_rows(y: torch.Tensor, s: torch.Tensor) -> np.ndarray:
-    """The vectorised AP of already-checked float64 ``(U, N)`` labels and scores (torch: the sort of every
-    row runs on all cores)."""
+def ap_rows(y: torch.Tensor, s: torch.Tensor) -> np.ndarray:
+    """The vectorised AP of already-checked ``(U, N)`` float64 0/1 labels and finite scores (any float dtype:
+    only their order and ties matter; torch sorts every row on all cores). No validation: callers check."""
     U, N = y.shape
     out = np.full(U, np.nan)
     if N == 0 or U == 0:

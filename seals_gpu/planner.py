@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .index.subset import default_nlist
 
 SEARCH_CHOICES = ("auto", "flat", "ivf")
 # Below these, exact search costs well under a second in all: no index worth building.
@@ -97,7 +98,7 @@ def plan_search(
         )
     # a graph of every train row bounds the queries; each (query, row) pair costs d + SELECT_COST
     flat_work = float(min(q, n_train)) * n_train * (dim + SELECT_COST)
-    nlist = max(16, int(round(n_train**0.5)))
+    nlist = default_nlist(n_train)
     build = BUILD_WEIGHT * (64.0 * nlist * nlist * dim * 12 + float(n_train) * nlist * dim)
     ivf_work = build + flat_work * IVF_FRACTION * IVF_OVERHEAD
     if ivf_work < 0.5 * flat_work:

@@ -307,15 +307,22 @@ class LocalIndex:
         ``--index``. Costs n·d·4 bytes."""
         ids = store.read_ids()
         check_unique_ids(ids, where=f"store {store.path}")
-        order = np.argsort(ids, kind="stable")
         vectors = np.empty((ids.size, store.dim), dtype=np.float32)
-        inv = np.empty_like(order)
-        inv[order] = np.arange(order.size)
+        if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):  # stored in id order (usual): plain copies
+            order = None
+            sorted_ids = ids
+        else:
+            order = np.argsort(ids, kind="stable")
+            inv = np.empty_like(order)
+            inv[order] = np.arange(order.size)
+            sorted_ids = ids[order]
         pos = 0
         for b in store.iter_batches():
-            vectors[inv[pos : pos + b.ids.size]] = b.embeddings
+            if order is None:
+                vectors[pos : pos + b.ids.size] = b.embeddings
+            else:
+                vectors[inv[pos : pos + b.ids.size]] = b.embeddings
             pos += b.ids.size
-        sorted_ids = ids[order]
         shard = IndexShard(sorted_ids, vectors, kind="flat")
         manifest = {
             "format": FORMAT,

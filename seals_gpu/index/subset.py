@@ -168,12 +168,14 @@ class FlatSubset:
 
 
 def default_nlist(n: int) -> int:
-    """About sqrt(n) lists (a power of two, 16 to 65,536) with at least ~32 rows each: lists big enough
-    that each list's GEMM runs near full rate, few enough that assigning queries costs little."""
-    if n < 512:
+    """About sqrt(n)/2 lists (a power of two, 16 to 65,536) with at least ~64 rows each. k-means costs grow
+    with nlist^2 while the search time barely moves with it (measured on WordNet's 65,767 train rows at
+    recall@100 0.95: 128 lists build in 0.15 s and search 2,000 queries in 0.26 s; 256 lists: 0.51 s and
+    0.24 s; 1,024 lists: 4.0 s and 0.33 s)."""
+    if n < 1024:
         return 1
-    nlist = 2 ** round(math.log2(math.sqrt(n)))
-    return int(max(16, min(nlist, 65_536, n // 32)))
+    nlist = 2 ** round(math.log2(math.sqrt(n) / 2))
+    return int(max(16, min(nlist, 65_536, n // 64)))
 
 
 def _ragged_topk(
