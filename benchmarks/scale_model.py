@@ -107,7 +107,9 @@ def rates_from_json(args) -> dict[str, dict[str, Any]]:
         }
     lrn, lrn_p = _load("learner", args.learner_json)
     if lrn is not None:
-        w = next(r for r in lrn["rows"] if r["case"] == "warm")
+        warm = [r for r in lrn["rows"] if r["case"] == "warm"]
+        # the warm refit nearest the paper's size (d 384, |L| 2000), by width then labels
+        w = min(warm, key=lambda r: (abs(r["dim"] - 384), abs(r["labels"] - 2000)))
         rates["t_unit"] = {
             "value": w["ours_s"] / w["units"],
             "L0": w["labels"],
