@@ -29,8 +29,8 @@ import _common as cm
 import numpy as np
 
 from seals_gpu.cli import main as seals_cli
-from seals_gpu.driver import sample_concepts
 from seals_gpu.report import format_table, load_metrics, make_plots, summarize
+from seals_gpu.seeds import sample_concepts
 from seals_gpu.store import Store
 
 NAME = "paper"

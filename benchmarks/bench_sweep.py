@@ -1,7 +1,7 @@
 """End to end: ``seals-gpu run`` for many concepts against the plain per-concept loop a user would write.
 
 Both sides get the same concepts, strategy (MaxEnt), modes (SEALS and All), b, budget T, k and seed sets
-(5 positives + 95 negatives per concept, drawn in this parent with ``seals_gpu.driver.concept_seed`` and
+(5 positives + 95 negatives per concept, drawn in this parent with ``seals_gpu.seeds.concept_seed`` and
 ``draw_seed_set`` and checked against the product's round 0), on all the machine's cores. Each side is one
 fresh subprocess timed by wall clock from launch to exit, so Python start-up, imports, loading the store
 and every index or graph build count. Measurements run one after another, never concurrently; with
@@ -371,8 +371,8 @@ def get_synth_store(args, n: int, n_concepts: int) -> Path:
 
 def seed_sets(store, concepts: list[Any], seed: int) -> dict[Any, list[int]]:
     """The product's seed sets, from its own helpers (5 positives + 95 negatives from the train split)."""
-    from seals_gpu.driver import concept_seed, draw_seed_set
     from seals_gpu.pool import isin_sorted
+    from seals_gpu.seeds import concept_seed, draw_seed_set
 
     ids, is_test = store.read_split()
     train_ids = np.sort(ids[~is_test])
@@ -567,7 +567,7 @@ def print_phases(
 
 # ------------------------------------------------------------------------------------------ experiments
 def wordnet(args) -> int:
-    from seals_gpu.driver import sample_concepts
+    from seals_gpu.seeds import sample_concepts
     from seals_gpu.store import Store
 
     n_total = args.concepts or (5 if args.quick else 20)
@@ -737,7 +737,7 @@ def wordnet(args) -> int:
 
 
 def imagenet(args) -> int:
-    from seals_gpu.driver import sample_concepts
+    from seals_gpu.seeds import sample_concepts
     from seals_gpu.store import Store
 
     n_rows, n_planted = (100_000, 40) if args.quick else (800_000, 450)

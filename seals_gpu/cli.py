@@ -342,7 +342,7 @@ def _cmd_index(a: argparse.Namespace) -> int:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from .driver import run_from_args
+    from .launch import run_from_args
 
     run_from_args(a)
     return 0

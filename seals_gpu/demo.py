@@ -126,8 +126,9 @@ def _summary(run_dir: Path) -> dict[str, Any]:
 
 
 def run_demo(out: str | os.PathLike[str], *, synthetic: bool = False, device: str = "auto") -> None:
-    from .driver import run, sample_concepts
+    from .driver import run
     from .report import report
+    from .seeds import sample_concepts
     from .synth import make_synthetic_store
 
     def log(*m: object) -> None:

@@ -17,57 +17,44 @@ Per-unit timings are the batched step's wall time divided by the number of units
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-import signal
 import time
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from .atomic import atomic_path, write_json, write_parquet
+from .atomic import write_json
 from .backend import LocalBackend
-from .config import RunConfig, parse_list
+from .config import RunConfig
 from .device import DeviceChoice, resolve_device
-from .errors import ConfigError, IndexError_, SealsError
+from .errors import ConfigError, SealsError
 from .index.build import LocalIndex
 from .learner import LogisticModel, fit_logistic, fit_logistic_units
 from .metrics import ap_rows
 from .oracle import Oracle, SimulatedOracle
 from .planner import SearchPlan, plan_search
 from .pool import CandidatePool, NeighborCache, isin_sorted, sorted_unique, to_csr
-from .report import REQUIRED_COLUMNS
+from .rundir import (
+    CHECKPOINT,
+    RunDirError,
+    RunLock,
+    check_resume,
+    remove_stale_temporaries,
+    restore,
+    write_checkpoint,
+)
 from .scoring import TopB
-from .store import Store, prevalence_range
+from .seeds import concept_seed, draw_seed_set
+from .store import Store
 from .strategies import binary_entropy, random_scores, select_topk_segmented
 
 KERNEL_KIND = {"maxent": 0, "mlp": 1, "id": 2}
-METRIC_COLUMNS = list(REQUIRED_COLUMNS)  # the metrics.parquet schema; report.py, which reads it, owns it
-SELECTION_COLUMNS = ["concept", "strategy", "mode", "round", "id", "label"]
 TEST_CACHE_BYTES = (
     64 << 20
 )  # test-split vectors up to this size stay on the device; larger ones stream each round
-CHECKPOINT = "checkpoint/state.npz"
-# Crash tests only: SEALS_GPU_TEST_KILL_AT=POINT:ROUND makes the run SIGKILL itself at that point of that
-# round's checkpoint. POINT is "outputs" (after metrics.parquet, before selections.parquet) or "checkpoint"
-# (state.npz fully written to its temporary name, not yet renamed into place). See tests/test_reliability.py.
-KILL_AT_ENV = "SEALS_GPU_TEST_KILL_AT"
-
-
-def _test_kill(point: str, round_no: int) -> None:
-    if os.environ.get(KILL_AT_ENV) == f"{point}:{round_no}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-class RunDirError(SealsError):
-    """The run folder is in use, not empty, or its checkpoint does not match."""
 
 
 # ---------------------------------------------------------------------- state
@@ -99,114 +86,6 @@ class Unit:
         return int(sum(a.size for a in self.labeled))
 
 
-class RunLock:
-    """One writer per run folder: an exclusive ``flock`` on RUN_DIR/.lock, released by the kernel when the
-    holder dies, so a crashed run never blocks its resume."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise RunDirError(
-                f"cannot write the run folder {self.path.parent} ({e.strerror}); "
-                "pick an --out you can write to"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = self.path.read_text().strip() or "another process"
-            raise RunDirError(
-                f"{self.path.parent} is in use by {holder}; wait for it to finish or pick another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
-        self.fd = fd
-
-    def check_free(self) -> None:
-        """Raise naming the holder if another live process holds the lock (nothing is created)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except BlockingIOError:
-            holder = self.path.read_text().strip() or "another process"
-            raise RunDirError(
-                f"{self.path.parent} is in use by {holder}; wait for it to finish or pick another --out"
-            ) from None
-        finally:
-            os.close(fd)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
-# ---------------------------------------------------------------------- setup helpers
-def concept_seed(seed: int, concept: Any) -> np.random.Generator:
-    key = zlib.crc32(repr(concept).encode())
-    return np.random.default_rng([seed, key])
-
-
-def draw_seed_set(
-    rng: np.random.Generator, train_ids: np.ndarray, positives_train: np.ndarray, n_pos: int, n_neg: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n_pos`` random positives and ``n_neg`` random negatives from the train split."""
-    pos = rng.choice(positives_train, size=n_pos, replace=False)
-    neg: list[int] = []
-    chosen: set[int] = set()
-    n_negatives = train_ids.size - positives_train.size
-    if n_neg > n_negatives:
-        raise ConfigError(f"the seed set needs {n_neg} negatives but the train split has {n_negatives}")
-    while len(neg) < n_neg:
-        cand = train_ids[rng.integers(0, train_ids.size, size=2 * (n_neg - len(neg)) + 8)]
-        for c in cand[~isin_sorted(cand, positives_train)].tolist():
-            if c not in chosen:
-                chosen.add(c)
-                neg.append(c)
-                if len(neg) == n_neg:
-                    break
-    ids = np.concatenate([pos.astype(np.int64), np.asarray(neg, dtype=np.int64)])
-    labels = np.concatenate([np.ones(n_pos, bool), np.zeros(n_neg, bool)])
-    return ids, labels
-
-
-def sample_concepts(
-    store: Store,
-    n: int,
-    prevalence: tuple[float, float],
-    seed: int,
-    min_train_positives: int,
-    train_ids: np.ndarray,
-) -> list[Any]:
-    """``n`` concepts with prevalence in [MIN, MAX] and enough train positives, chosen with ``seed``."""
-    counts = store.concept_counts()
-    lo, hi = prevalence
-    eligible = sorted((c for c, k in counts.items() if lo <= k / store.num_rows <= hi), key=repr)
-    if eligible:
-        pos = store.concept_positives(eligible)
-        eligible = [c for c in eligible if isin_sorted(pos[c], train_ids).sum() >= min_train_positives]
-    if len(eligible) < n:
-        raise ConfigError(
-            f"only {len(eligible)} concepts have prevalence in [{lo}, {hi}] with >= {min_train_positives} "
-            f"train positives, but --concepts-sample asks for {n}; widen --prevalence or sample fewer"
-        )
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(len(eligible), size=n, replace=False)
-    return [eligible[i] for i in sorted(picked)]
-
-
-# ---------------------------------------------------------------------- the run
 class Run:
     """A SEALS/All experiment over one store. Use :func:`run` or ``seals-gpu run``."""
 
@@ -595,135 +474,12 @@ class Run:
             )
 
     # ------------------------------------------------------------------ outputs
-    def _tables(self) -> tuple[pa.Table, pa.Table]:
-        concept_type = (
-            pa.int64() if all(isinstance(c, (int, np.integer)) for c in self.config.concepts) else pa.string()
-        )
-        mcols = {c: [r[c] for r in self.metrics] for c in METRIC_COLUMNS}
-        if concept_type == pa.string():
-            mcols["concept"] = [str(c) for c in mcols["concept"]]
-        metrics = pa.table(mcols)
-        metrics = metrics.cast(
-            pa.schema(
-                [
-                    pa.field("concept", concept_type),
-                    pa.field("strategy", pa.string()),
-                    pa.field("mode", pa.string()),
-                    *[pa.field(c, pa.int64()) for c in ("round", "n_labeled", "n_positives", "pool_size")],
-                    *[pa.field(c, pa.float64()) for c in METRIC_COLUMNS[7:]],
-                ]
-            )
-        )
-        if self.selections:
-            unit = np.concatenate([s["unit"] for s in self.selections])
-            rnd = np.concatenate([s["round"] for s in self.selections])
-            ids = np.concatenate([s["id"] for s in self.selections])
-            lab = np.concatenate([s["label"] for s in self.selections])
-        else:
-            unit = rnd = ids = np.empty(0, np.int64)
-            lab = np.empty(0, bool)
-        # per-unit columns, then one vectorised take per column (no Python loop over every selection)
-        take = pa.array(unit, type=pa.int64())
-        unit_concepts = [u.concept for u in self.units]
-        if concept_type == pa.string():
-            unit_concepts = [str(c) for c in unit_concepts]
-        selections = pa.table(
-            {
-                "concept": pa.array(unit_concepts, type=concept_type).take(take),
-                "strategy": pa.array([u.strategy for u in self.units], type=pa.string()).take(take),
-                "mode": pa.array([u.mode for u in self.units], type=pa.string()).take(take),
-                "round": pa.array(rnd, type=pa.int64()),
-                "id": pa.array(ids, type=pa.int64()),
-                "label": pa.array(lab, type=pa.bool_()),
-            }
-        )
-        return metrics, selections
-
     def _checkpoint(self) -> None:
-        """One atomic file holds everything needed to continue; the Parquet outputs are derived from it.
-
-        The Parquet outputs are written first and state.npz last: state.npz is the commit point. A crash in
-        between leaves outputs one round ahead of the checkpoint, and the resume redoes that round exactly.
-        """
-        assert self.model is not None
-        metrics, selections = self._tables()
-        write_parquet(self.out / "metrics.parquet", metrics)
-        _test_kill("outputs", self.round)
-        write_parquet(self.out / "selections.parquet", selections)
-        arrays: dict[str, np.ndarray] = {
-            "config_json": np.frombuffer(
-                json.dumps(self.config.to_json(), sort_keys=True).encode(), np.uint8
-            ),
-            "round": np.array(self.round),
-            "W": self.model.W.double().cpu().numpy(),
-            "b": self.model.b.double().cpu().numpy(),
-            "metrics_json": np.frombuffer(
-                json.dumps(self.metrics, default=_jsonable).encode(), dtype=np.uint8
-            ),
-        }
-        for u in self.units:
-            arrays[f"u{u.index}_labeled"] = u.labeled_ids
-            arrays[f"u{u.index}_labels"] = u.label_vec
-            arrays[f"u{u.index}_rounds"] = (
-                np.concatenate([np.full(a.size, r, np.int64) for r, a in enumerate(u.labeled)])
-                if u.labeled
-                else np.empty(0)
-            )
-            arrays[f"u{u.index}_pool"] = u.pool.ids
-            if u.ref_sum is not None:
-                arrays[f"u{u.index}_ref"] = u.ref_sum
-        arrays["sel_unit"] = np.concatenate([s["unit"] for s in self.selections])
-        arrays["sel_round"] = np.concatenate([s["round"] for s in self.selections])
-        arrays["sel_id"] = np.concatenate([s["id"] for s in self.selections])
-        arrays["sel_label"] = np.concatenate([s["label"] for s in self.selections])
-        with atomic_path(self.out / CHECKPOINT) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-            _test_kill("checkpoint", self.round)
+        """Outputs, then the checkpoint (the commit point): see :func:`seals_gpu.rundir.write_checkpoint`."""
+        write_checkpoint(self)
 
     def _restore(self) -> None:
-        path = self.out / CHECKPOINT
-        try:
-            z = np.load(path, allow_pickle=False)
-            arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-            raise RunDirError(f"{path} is unreadable ({e}); delete {self.out} and start again") from None
-        if "config_json" in arrays:  # the checkpoint carries its own config (store fingerprint included)
-            saved = RunConfig.from_json(json.loads(arrays["config_json"].tobytes().decode()))
-            diff = saved.same_selections_as(self.config)
-            if diff:
-                raise RunDirError(
-                    f"{path} was written by a different configuration ({', '.join(diff)} "
-                    f"changed) than {self.out}/config.json; delete {self.out} and start again"
-                )
-        self.round = int(arrays["round"])
-        self.metrics = json.loads(arrays["metrics_json"].tobytes().decode())
-        dev = self.device.torch_device
-        self.model = LogisticModel(
-            W=torch.from_numpy(arrays["W"]).float().to(dev), b=torch.from_numpy(arrays["b"]).float().to(dev)
-        )
-        for u in self.units:
-            ids = arrays[f"u{u.index}_labeled"].astype(np.int64)
-            labels = arrays[f"u{u.index}_labels"].astype(bool)
-            rounds = arrays[f"u{u.index}_rounds"].astype(np.int64)
-            u.labeled = [ids[rounds == r] for r in range(self.round + 1) if (rounds == r).any()]
-            u.labels = [labels[rounds == r] for r in range(self.round + 1) if (rounds == r).any()]
-            u.X = self.backend.vectors(ids) if ids.size else None
-            u.pool = CandidatePool(arrays[f"u{u.index}_pool"].astype(np.int64))
-            if f"u{u.index}_ref" in arrays:
-                u.ref_sum = arrays[f"u{u.index}_ref"]
-        self.selections = [
-            {
-                "unit": arrays["sel_unit"].astype(np.int64),
-                "round": arrays["sel_round"].astype(np.int64),
-                "id": arrays["sel_id"].astype(np.int64),
-                "label": arrays["sel_label"].astype(bool),
-            }
-        ]
-        # the metrics rows stored concepts as JSON: map them back to the configured keys
-        keymap = {json.dumps(_jsonable(c)): c for c in self.config.concepts}
-        for r in self.metrics:
-            r["concept"] = keymap.get(json.dumps(r["concept"]), r["concept"])
+        restore(self)
 
     # ------------------------------------------------------------------ main loop
     def start(self, *, resume: bool = False) -> None:
@@ -739,7 +495,7 @@ class Run:
         try:
             if resume and (self.out / "config.json").exists():
                 check_resume(self.out, cfg)
-                _remove_stale_temporaries(self.out)
+                remove_stale_temporaries(self.out)
             if resume and (self.out / CHECKPOINT).exists():
                 self._restore()
                 if self.round >= cfg.n_rounds:
@@ -815,56 +571,10 @@ class Run:
             bar.close()
 
 
-def check_resume(out: Path, cfg: RunConfig) -> None:
-    """--resume must use the settings (and the store) the run started with, and find a readable checkpoint.
-    Reads only: a refused resume changes nothing."""
-    path = out / "config.json"
-    try:
-        old = RunConfig.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, SealsError) as e:
-        raise RunDirError(f"{path} is unreadable ({e}); delete {out} and start again") from None
-    diff = old.same_selections_as(cfg)
-    if "store_fingerprint" in diff:
-        raise RunDirError(
-            f"--resume: store {cfg.store} has fingerprint {cfg.store_fingerprint}, but the run in {out} "
-            f"started on {old.store} with {old.store_fingerprint}; resume with the original store or pick a "
-            "new --out"
-        )
-    if diff:
-        raise RunDirError(
-            f"--resume with a different configuration ({', '.join(diff)} changed) than the run "
-            f"in {out}; rerun with the original settings or pick a new --out"
-        )
-    ckpt = out / CHECKPOINT
-    if ckpt.exists():
-        try:
-            with np.load(ckpt, allow_pickle=False) as z:
-                z["round"]
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-            raise RunDirError(f"{ckpt} is unreadable ({e}); delete {out} and start again") from None
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """Delete temporary files left by atomic writes that a crash stopped before their rename."""
-    for folder in (out, out / "checkpoint"):
-        if folder.is_dir():
-            for p in folder.glob(".*.tmp"):
-                if p.is_file():
-                    p.unlink(missing_ok=True)
-
-
 def _valid(top: TopB, j: int) -> np.ndarray:
     n = int(top.counts[j])
     ids = top.ids[j][:n]
     return (ids.cpu().numpy() if torch.is_tensor(ids) else np.asarray(ids)).astype(np.int64)
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    return o
 
 
 # ---------------------------------------------------------------------- entry points
@@ -900,231 +610,3 @@ def run(
     r = Run(cfg, Path(out), store=store, index=idx, device=dev, progress=progress, log=lambda *_: None)
     r.start(resume=resume)
     return r
-
-
-def _check_out_dir(out: Path) -> None:
-    """Refuse an --out that is a file or that cannot be created, before anything is written."""
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} is a file, not a folder; pick another --out")
-    parent = out
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise RunDirError(
-            f"cannot create --out {out}: {parent} is not a folder you can write to; pick another --out"
-        )
-
-
-def _has_full_supervision(out: Path) -> bool:
-    import pyarrow.parquet as pq
-
-    try:
-        return "full" in pq.read_table(out / "metrics.parquet", columns=["strategy"]).column(0).to_pylist()
-    except (OSError, pa.ArrowException):
-        return False
-
-
-def run_from_args(a: Any) -> Run:
-    """``seals-gpu run``: validate everything before writing anything."""
-    import sys
-
-    t_entry = time.perf_counter()
-
-    store = Store(a.store)
-    strategies = parse_list(a.strategies, what="strategies")
-    modes = parse_list(a.modes, what="modes")
-    ids, is_test = store.read_split()
-    train_ids = np.sort(ids[~is_test])
-    if not store.has_labels:
-        raise ConfigError(
-            f"store {store.path} has no 'labels' column, so there is nothing to simulate; "
-            "add labels or plug in your own Oracle from Python"
-        )
-    if a.concepts is not None:
-        concepts = store.resolve_concepts(a.concepts.split(","))
-        counts = store.concept_positives(concepts)
-        for c in concepts:
-            if counts[c].size == 0:
-                raise ConfigError(
-                    f"unknown concept {c!r}: no item of {store.path} has it; "
-                    f"see `seals-gpu store info {store.path}`"
-                )
-    else:
-        concepts = sample_concepts(
-            store, a.concepts_sample, prevalence_range(a.prevalence), a.seed, a.seed_positives, train_ids
-        )
-    dev = resolve_device(a.device)
-    use_ray = bool(
-        getattr(a, "ray", False) or getattr(a, "ray_address", None) or os.environ.get("RAY_ADDRESS")
-    )
-    index = None
-    if a.index is not None:
-        if use_ray:  # the shard actors open the shards; the driver only checks the manifest
-            from .index.build import read_manifest
-
-            fp = read_manifest(a.index)["store"]["fingerprint"]
-            if fp != store.fingerprint:
-                raise IndexError_(
-                    f"index {a.index} was built from a store with fingerprint {fp}, but {store.path} has "
-                    f"{store.fingerprint}; rebuild it with `seals-gpu index build {store.path} {a.index} --force`"
-                )
-        else:
-            index = LocalIndex.open(a.index)
-            index.check_store(store)
-    graph = None
-    if a.graph is not None:
-        from .graph import KnnGraph
-
-        graph = KnnGraph.open(a.graph)
-        graph.check_store(store)
-        if graph.k < a.k:
-            raise ConfigError(
-                f"graph {a.graph} holds {graph.k} neighbours per item but --k is {a.k}; "
-                f"rebuild it with `--k {a.k}` or lower --k"
-            )
-    cfg = RunConfig(
-        store=str(store.path),
-        store_fingerprint=store.fingerprint,
-        concepts=tuple(concepts),
-        strategies=tuple(strategies),
-        modes=tuple(modes),
-        k=a.k,
-        batch=a.batch,
-        budget=a.budget,
-        seed_positives=a.seed_positives,
-        seed_negatives=a.seed_negatives,
-        seed=a.seed,
-        C=a.C,
-        beta=a.beta,
-        index=str(a.index) if a.index else None,
-        graph=str(a.graph) if a.graph else None,
-        full_supervision=a.full_supervision,
-        search=getattr(a, "search", "auto"),
-        search_recall=getattr(a, "search_recall", 0.95),
-    )
-    out = Path(a.out)
-    _check_out_dir(out)
-    RunLock(out).check_free()
-    if not a.resume and out.exists() and any(p.name != ".lock" for p in out.iterdir()):
-        raise RunDirError(f"{out} is not empty; pass --resume to continue that run or pick a new --out")
-    if a.resume and not (out / "config.json").exists() and not (out / ".lock").exists():
-        # (a folder holding only .lock is a run killed before it wrote anything: --resume starts it over)
-        raise RunDirError(f"--resume: {out} holds no run (no config.json); drop --resume to start one")
-    if a.resume and (out / "config.json").exists():
-        check_resume(out, cfg)
-
-    def log(*m: object) -> None:
-        print(*m, file=sys.stderr)
-
-    def announce() -> None:  # once every check has passed, so that a refused run prints only its error
-        log(
-            f"device: {dev.reason}; scoring: "
-            f"{'fused CUDA kernels' if dev.kind == 'cuda' and dev.has_cupy else 'torch reference'}"
-        )
-        log(
-            f"{len(concepts)} concept(s) x {len(strategies)} strateg(ies) x {len(modes)} mode(s); "
-            f"{cfg.n_rounds} rounds of {cfg.batch} after a seed set of {cfg.seed_size}"
-        )
-        log(
-            "learner: "
-            + (
-                f"per-unit L-BFGS on the CPU ({torch.get_num_threads()} thread(s), warm-started; a d x d "
-                "Hessian per unit costs more than the whole fit there)"
-                if dev.kind == "cpu"
-                else "batched Newton on the GPU (one batched Hessian solve for every unit)"
-            )
-        )
-
-    if use_ray:
-        if a.index is None:
-            raise ConfigError("--ray needs --index (a built, possibly sharded, index folder)")
-        from .distributed import RayBackend, ray_session
-
-        with (
-            ray_session(a.ray_address),
-            RayBackend(a.index, excluded=np.sort(ids[is_test]), device=dev) as backend,
-        ):
-            r = Run(
-                cfg, out, store=store, backend=backend, graph=graph, device=dev, progress=not a.quiet, log=log
-            )
-            announce()
-            log("search and scoring: Ray shard actors")
-            t_loaded = time.perf_counter()
-            r.start(resume=a.resume)
-    else:
-        r = Run(
-            cfg,
-            out,
-            store=store,
-            index=index,
-            graph=graph,
-            device=dev,
-            progress=not a.quiet,
-            log=log,
-            cache=not getattr(a, "no_cache", False),
-        )
-        announce()
-        log(f"plan: search {r.plan.describe()}")
-        log(f"search: {'kNN graph lookup' if graph is not None else r.backend.search_path}")
-        t_loaded = time.perf_counter()
-        r.start(resume=a.resume)
-    t_loop = time.perf_counter()
-    if a.full_supervision and not (r.already_finished and _has_full_supervision(out)):
-        from .supervised import record_full_supervision
-
-        record_full_supervision(r)
-    t_full = time.perf_counter()
-    from .report import format_table, load_metrics, summarize
-
-    print(format_table(summarize(load_metrics(out))))
-    if not r.already_finished:
-        _write_timings(
-            r,
-            startup=t_entry - _process_start(t_entry),
-            load=t_loaded - t_entry,
-            loop=t_loop - t_loaded,
-            full=t_full - t_loop,
-            report=time.perf_counter() - t_full,
-        )
-    return r
-
-
-def _process_start(now: float) -> float:
-    """``time.perf_counter()`` value at which this process started (Linux /proc; else ``now``)."""
-    try:
-        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        uptime = float(open("/proc/uptime").read().split()[0])
-        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
-        return now - max(0.0, age - (time.perf_counter() - now))
-    except (OSError, ValueError, IndexError):
-        return now
-
-
-def _write_timings(r: Run, *, startup: float, load: float, loop: float, full: float, report: float) -> None:
-    """RUN/timings.json: where the wall time of this invocation went, phase by phase (seconds).
-
-    ``startup`` is the interpreter and imports before the command ran; ``load`` reading the store, the
-    split, the concepts and the index; ``index`` building the run's search index (IVF k-means and
-    calibration, or the flat copy of the train rows); the loop phases as timed around each step;
-    ``other`` the rest of the loop (progress bar, bookkeeping)."""
-    T = dict(r.timings)
-    build = float(getattr(r.backend, "search_build_seconds", 0.0))
-    T["index"] = build
-    T["search"] = max(0.0, T["search"] - build)
-    loop_named = sum(r.timings.values())
-    phases = {"startup": startup, "load": load, **T, "full_supervision": full, "report": report}
-    phases["other"] = max(0.0, loop - loop_named)
-    write_json(
-        r.out / "timings.json",
-        {
-            "phases": {k: round(v, 4) for k, v in phases.items()},
-            "total": round(sum(phases.values()), 4),
-            "plan": {
-                "search": r.plan.method,
-                "reason": r.plan.reason,
-                "path": getattr(r.backend, "search_path", ""),
-            },
-            "units": len(r.units),
-            "rounds": r.round,
-        },
-    )

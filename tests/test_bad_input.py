@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from seals_gpu.cli import main
-from seals_gpu.driver import CHECKPOINT, run
+from seals_gpu.driver import run
 from seals_gpu.graph import build_graph
 from seals_gpu.index import IndexSpec, build_index
+from seals_gpu.rundir import CHECKPOINT
 from seals_gpu.store import write_store
 from seals_gpu.synth import make_synthetic_store
 

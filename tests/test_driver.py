@@ -7,9 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from seals_gpu.config import RunConfig
-from seals_gpu.driver import Run, RunDirError, run
+from seals_gpu.driver import Run, run
 from seals_gpu.errors import ConfigError, IndexError_
 from seals_gpu.index import IndexSpec, build_index
+from seals_gpu.rundir import RunDirError
 from seals_gpu.store import Store
 from seals_gpu.synth import make_synthetic_store
 

@@ -25,6 +25,7 @@ bits for the same pair.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -113,7 +114,9 @@ def _gemm_topk(xq: np.ndarray, xb: np.ndarray, kc: int, block: int = 65_536) -> 
     q = torch.from_numpy(xq)
     best_v = best_i = None
     for s in range(0, xb.shape[0], block):
-        blk = torch.from_numpy(np.ascontiguousarray(xb[s : s + block]))
+        with warnings.catch_warnings():  # read-only (memory-mapped) rows: torch only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            blk = torch.from_numpy(np.ascontiguousarray(xb[s : s + block]))
         v, i = torch.topk(q @ blk.T, min(kc, blk.shape[0]), dim=1, sorted=False)
         i = i + s
         if best_v is None:

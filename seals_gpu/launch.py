@@ -1,0 +1,238 @@
+"""``seals-gpu run``: validate everything before writing anything, start a :class:`~seals_gpu.driver.Run`,
+print the paper-style table, and write ``RUN/timings.json`` (where the wall time went, phase by phase)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .atomic import write_json
+from .config import RunConfig, parse_list
+from .device import resolve_device
+from .driver import Run
+from .errors import ConfigError, IndexError_
+from .index.build import LocalIndex
+from .rundir import RunDirError, RunLock, check_out_dir, check_resume
+from .seeds import sample_concepts
+from .store import Store, prevalence_range
+
+
+def _has_full_supervision(out: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        return "full" in pq.read_table(out / "metrics.parquet", columns=["strategy"]).column(0).to_pylist()
+    except (OSError, pa.ArrowException):
+        return False
+
+
+def run_from_args(a: Any) -> Run:
+    """``seals-gpu run``: validate everything before writing anything."""
+    import sys
+
+    t_entry = time.perf_counter()
+
+    store = Store(a.store)
+    strategies = parse_list(a.strategies, what="strategies")
+    modes = parse_list(a.modes, what="modes")
+    ids, is_test = store.read_split()
+    train_ids = np.sort(ids[~is_test])
+    if not store.has_labels:
+        raise ConfigError(
+            f"store {store.path} has no 'labels' column, so there is nothing to simulate; "
+            "add labels or plug in your own Oracle from Python"
+        )
+    if a.concepts is not None:
+        concepts = store.resolve_concepts(a.concepts.split(","))
+        counts = store.concept_positives(concepts)
+        for c in concepts:
+            if counts[c].size == 0:
+                raise ConfigError(
+                    f"unknown concept {c!r}: no item of {store.path} has it; "
+                    f"see `seals-gpu store info {store.path}`"
+                )
+    else:
+        concepts = sample_concepts(
+            store, a.concepts_sample, prevalence_range(a.prevalence), a.seed, a.seed_positives, train_ids
+        )
+    dev = resolve_device(a.device)
+    use_ray = bool(
+        getattr(a, "ray", False) or getattr(a, "ray_address", None) or os.environ.get("RAY_ADDRESS")
+    )
+    index = None
+    if a.index is not None:
+        if use_ray:  # the shard actors open the shards; the driver only checks the manifest
+            from .index.build import read_manifest
+
+            fp = read_manifest(a.index)["store"]["fingerprint"]
+            if fp != store.fingerprint:
+                raise IndexError_(
+                    f"index {a.index} was built from a store with fingerprint {fp}, but {store.path} has "
+                    f"{store.fingerprint}; rebuild it with `seals-gpu index build {store.path} {a.index} --force`"
+                )
+        else:
+            index = LocalIndex.open(a.index)
+            index.check_store(store)
+    graph = None
+    if a.graph is not None:
+        from .graph import KnnGraph
+
+        graph = KnnGraph.open(a.graph)
+        graph.check_store(store)
+        if graph.k < a.k:
+            raise ConfigError(
+                f"graph {a.graph} holds {graph.k} neighbours per item but --k is {a.k}; "
+                f"rebuild it with `--k {a.k}` or lower --k"
+            )
+    cfg = RunConfig(
+        store=str(store.path),
+        store_fingerprint=store.fingerprint,
+        concepts=tuple(concepts),
+        strategies=tuple(strategies),
+        modes=tuple(modes),
+        k=a.k,
+        batch=a.batch,
+        budget=a.budget,
+        seed_positives=a.seed_positives,
+        seed_negatives=a.seed_negatives,
+        seed=a.seed,
+        C=a.C,
+        beta=a.beta,
+        index=str(a.index) if a.index else None,
+        graph=str(a.graph) if a.graph else None,
+        full_supervision=a.full_supervision,
+        search=getattr(a, "search", "auto"),
+        search_recall=getattr(a, "search_recall", 0.95),
+    )
+    out = Path(a.out)
+    check_out_dir(out)
+    RunLock(out).check_free()
+    if not a.resume and out.exists() and any(p.name != ".lock" for p in out.iterdir()):
+        raise RunDirError(f"{out} is not empty; pass --resume to continue that run or pick a new --out")
+    if a.resume and not (out / "config.json").exists() and not (out / ".lock").exists():
+        # (a folder holding only .lock is a run killed before it wrote anything: --resume starts it over)
+        raise RunDirError(f"--resume: {out} holds no run (no config.json); drop --resume to start one")
+    if a.resume and (out / "config.json").exists():
+        check_resume(out, cfg)
+
+    def log(*m: object) -> None:
+        print(*m, file=sys.stderr)
+
+    def announce() -> None:  # once every check has passed, so that a refused run prints only its error
+        log(
+            f"device: {dev.reason}; scoring: "
+            f"{'fused CUDA kernels' if dev.kind == 'cuda' and dev.has_cupy else 'torch reference'}"
+        )
+        log(
+            f"{len(concepts)} concept(s) x {len(strategies)} strateg(ies) x {len(modes)} mode(s); "
+            f"{cfg.n_rounds} rounds of {cfg.batch} after a seed set of {cfg.seed_size}"
+        )
+        log(
+            "learner: "
+            + (
+                f"per-unit L-BFGS on the CPU ({torch.get_num_threads()} thread(s), warm-started; a d x d "
+                "Hessian per unit costs more than the whole fit there)"
+                if dev.kind == "cpu"
+                else "batched Newton on the GPU (one batched Hessian solve for every unit)"
+            )
+        )
+
+    if use_ray:
+        if a.index is None:
+            raise ConfigError("--ray needs --index (a built, possibly sharded, index folder)")
+        from .distributed import RayBackend, ray_session
+
+        with (
+            ray_session(a.ray_address),
+            RayBackend(a.index, excluded=np.sort(ids[is_test]), device=dev) as backend,
+        ):
+            r = Run(
+                cfg, out, store=store, backend=backend, graph=graph, device=dev, progress=not a.quiet, log=log
+            )
+            announce()
+            log("search and scoring: Ray shard actors")
+            t_loaded = time.perf_counter()
+            r.start(resume=a.resume)
+    else:
+        r = Run(
+            cfg,
+            out,
+            store=store,
+            index=index,
+            graph=graph,
+            device=dev,
+            progress=not a.quiet,
+            log=log,
+            cache=not getattr(a, "no_cache", False),
+        )
+        announce()
+        log(f"plan: search {r.plan.describe()}")
+        log(f"search: {'kNN graph lookup' if graph is not None else r.backend.search_path}")
+        t_loaded = time.perf_counter()
+        r.start(resume=a.resume)
+    t_loop = time.perf_counter()
+    if a.full_supervision and not (r.already_finished and _has_full_supervision(out)):
+        from .supervised import record_full_supervision
+
+        record_full_supervision(r)
+    t_full = time.perf_counter()
+    from .report import format_table, load_metrics, summarize
+
+    print(format_table(summarize(load_metrics(out))))
+    if not r.already_finished:
+        _write_timings(
+            r,
+            startup=t_entry - _process_start(t_entry),
+            load=t_loaded - t_entry,
+            loop=t_loop - t_loaded,
+            full=t_full - t_loop,
+            report=time.perf_counter() - t_full,
+        )
+    return r
+
+
+def _process_start(now: float) -> float:
+    """``time.perf_counter()`` value at which this process started (Linux /proc; else ``now``)."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+        return now - max(0.0, age - (time.perf_counter() - now))
+    except (OSError, ValueError, IndexError):
+        return now
+
+
+def _write_timings(r: Run, *, startup: float, load: float, loop: float, full: float, report: float) -> None:
+    """RUN/timings.json: where the wall time of this invocation went, phase by phase (seconds).
+
+    ``startup`` is the interpreter and imports before the command ran; ``load`` reading the store, the
+    split, the concepts and the index; ``index`` building the run's search index (IVF k-means and
+    calibration, or the flat copy of the train rows); the loop phases as timed around each step;
+    ``other`` the rest of the loop (progress bar, bookkeeping)."""
+    T = dict(r.timings)
+    build = float(getattr(r.backend, "search_build_seconds", 0.0))
+    T["index"] = build
+    T["search"] = max(0.0, T["search"] - build)
+    loop_named = sum(r.timings.values())
+    phases = {"startup": startup, "load": load, **T, "full_supervision": full, "report": report}
+    phases["other"] = max(0.0, loop - loop_named)
+    write_json(
+        r.out / "timings.json",
+        {
+            "phases": {k: round(v, 4) for k, v in phases.items()},
+            "total": round(sum(phases.values()), 4),
+            "plan": {
+                "search": r.plan.method,
+                "reason": r.plan.reason,
+                "path": getattr(r.backend, "search_path", ""),
+            },
+            "units": len(r.units),
+            "rounds": r.round,
+        },
+    )

@@ -1,0 +1,66 @@
+"""Seed sets and concept samples: the random draws a run starts from, keyed by (seed, concept) so a concept
+gets the same seed set whatever else runs beside it."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+from .pool import isin_sorted
+from .store import Store
+
+
+def concept_seed(seed: int, concept: Any) -> np.random.Generator:
+    key = zlib.crc32(repr(concept).encode())
+    return np.random.default_rng([seed, key])
+
+
+def draw_seed_set(
+    rng: np.random.Generator, train_ids: np.ndarray, positives_train: np.ndarray, n_pos: int, n_neg: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_pos`` random positives and ``n_neg`` random negatives from the train split."""
+    pos = rng.choice(positives_train, size=n_pos, replace=False)
+    neg: list[int] = []
+    chosen: set[int] = set()
+    n_negatives = train_ids.size - positives_train.size
+    if n_neg > n_negatives:
+        raise ConfigError(f"the seed set needs {n_neg} negatives but the train split has {n_negatives}")
+    while len(neg) < n_neg:
+        cand = train_ids[rng.integers(0, train_ids.size, size=2 * (n_neg - len(neg)) + 8)]
+        for c in cand[~isin_sorted(cand, positives_train)].tolist():
+            if c not in chosen:
+                chosen.add(c)
+                neg.append(c)
+                if len(neg) == n_neg:
+                    break
+    ids = np.concatenate([pos.astype(np.int64), np.asarray(neg, dtype=np.int64)])
+    labels = np.concatenate([np.ones(n_pos, bool), np.zeros(n_neg, bool)])
+    return ids, labels
+
+
+def sample_concepts(
+    store: Store,
+    n: int,
+    prevalence: tuple[float, float],
+    seed: int,
+    min_train_positives: int,
+    train_ids: np.ndarray,
+) -> list[Any]:
+    """``n`` concepts with prevalence in [MIN, MAX] and enough train positives, chosen with ``seed``."""
+    counts = store.concept_counts()
+    lo, hi = prevalence
+    eligible = sorted((c for c, k in counts.items() if lo <= k / store.num_rows <= hi), key=repr)
+    if eligible:
+        pos = store.concept_positives(eligible)
+        eligible = [c for c in eligible if isin_sorted(pos[c], train_ids).sum() >= min_train_positives]
+    if len(eligible) < n:
+        raise ConfigError(
+            f"only {len(eligible)} concepts have prevalence in [{lo}, {hi}] with >= {min_train_positives} "
+            f"train positives, but --concepts-sample asks for {n}; widen --prevalence or sample fewer"
+        )
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(eligible), size=n, replace=False)
+    return [eligible[i] for i in sorted(picked)]
