@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,7 +385,7 @@ class Run:
         if cand.size == 0:
             return np.empty(0, np.int64)
         if u.strategy == "random":
-            scores = torch.as_tensor(random_scores(cand, self.config.seed, u.index, self.round + 1))
+            scores = torch.as_tensor(random_scores(cand, self.config.seed, _unit_key(u), self.round + 1))
         else:
             scores_np = np.empty(cand.size, dtype=np.float64)
             ref = None
@@ -569,6 +570,12 @@ class Run:
                 bar.update(1)
         if bar is not None:
             bar.close()
+
+
+def _unit_key(u: Unit) -> int:
+    """A stable key of (concept, strategy, mode): Random's draws depend on it, not on the unit's position in
+    the run, so a concept selects the same items alone or among others."""
+    return zlib.crc32(repr((u.concept, u.strategy, u.mode)).encode())
 
 
 def _valid(top: TopB, j: int) -> np.ndarray:

@@ -259,3 +259,19 @@ def test_index_from_another_store_is_refused(synth, tmp_path):
     with pytest.raises(IndexError_, match="was built from a store with fingerprint"):
         run(synth, tmp_path / "r", concepts=[0], index=tmp_path / "idx", **_small())
     assert not (tmp_path / "r").exists()
+
+
+def test_a_concept_selects_the_same_alone_first_or_last(synth, tmp_path):
+    """Per-concept determinism: concept 1's selections (every strategy, Random included, both modes) do not
+    depend on which other concepts run beside it or on its position in the list."""
+    settings = _small(budget=200)
+
+    def picks(name, concepts):
+        run(synth, tmp_path / name, concepts=concepts, **settings)
+        t = pq.read_table(tmp_path / name / "selections.parquet").to_pydict()
+        keep = [i for i, c in enumerate(t["concept"]) if c == 1]
+        return [(t["strategy"][i], t["mode"][i], t["round"][i], t["id"][i]) for i in keep]
+
+    alone = picks("alone", [1])
+    assert picks("first", [1, 0, 3]) == alone
+    assert picks("last", [0, 3, 1]) == alone
