@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-SCRIPTS = ["learner", "concurrency", "index", "latency", "id", "paper", "sweep", "scale_model"]
+SCRIPTS = ["learner", "concurrency", "index", "search", "latency", "id", "paper", "sweep", "scale_model"]
 
 
 def main(argv: list[str] | None = None) -> int:
