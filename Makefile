@@ -5,10 +5,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-EXTRAS ?= dist,text,dev
+EXTRAS ?= cpu,dist,text,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all test-gpu demo bench lint format clean
+.PHONY: setup test test-all test-gpu gpu-check demo bench lint format clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ test-all: setup
 
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+# The one command for a GPU machine (no network there: it uses the image's python and packages, installs this
+# package with --no-deps, and wheels carried in gpu_wheels/). See benchmarks/gpu_check.py.
+gpu-check:
+	python3 benchmarks/gpu_check.py --out gpu_check_out
 
 demo: setup
 	$(VENV)/bin/seals-gpu demo --out demo_out

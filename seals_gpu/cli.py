@@ -385,10 +385,27 @@ def _quiet_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _check_faiss() -> None:
+    """FAISS is an extra (one of three builds); say which to install instead of a traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec("faiss") is None:
+        raise SealsError(
+            "FAISS is not installed; pip install 'seals_gpu[cpu]' (or 'seals_gpu[gpu-cuda12]' / "
+            "'seals_gpu[gpu-cuda13]' on a GPU machine, or conda-forge's faiss-gpu)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_openmp()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.cmd in ("index", "run", "demo"):
+        try:
+            _check_faiss()
+        except SealsError as e:
+            print(f"seals-gpu: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return COMMANDS[args.cmd](args)
     except SealsError as e:

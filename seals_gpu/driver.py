@@ -322,7 +322,7 @@ class Run:
         aps: list[float] = []
         for s in range(0, len(self.units), 64):
             chunk = self.units[s : s + 64]
-            y = torch.from_numpy(np.stack([self._test_y[u.concept] for u in chunk]).astype(np.float64))
+            y = torch.from_numpy(np.stack([self._test_y[u.concept] for u in chunk]))  # bool
             scores = torch.from_numpy(np.ascontiguousarray(logits_np[:, s : s + len(chunk)].T))
             aps.extend(ap_rows(y, scores).tolist())  # float32 logits sort as they are
         return aps

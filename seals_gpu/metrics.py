@@ -97,8 +97,8 @@ def average_precision_many(y_true: Any, scores: Any) -> np.ndarray:
 
 
 def ap_rows(y: torch.Tensor, s: torch.Tensor) -> np.ndarray:
-    """The vectorised AP of already-checked ``(U, N)`` float64 0/1 labels and finite scores (any float dtype:
-    only their order and ties matter). No validation: callers check.
+    """The vectorised AP of already-checked ``(U, N)`` labels (bool, or 0/1 floats) and finite scores (any
+    float dtype: only their order and ties matter). No validation: callers check.
 
     Only the positives' ranks matter, so nothing of size N is sorted: with the ``P`` positive scores of a
     row sorted (``P << N`` for rare concepts), one batched binary search places every score among them,
@@ -110,7 +110,7 @@ def ap_rows(y: torch.Tensor, s: torch.Tensor) -> np.ndarray:
     out = np.full(U, np.nan)
     if N == 0 or U == 0:
         return out
-    pos = y > 0.5
+    pos = y if y.dtype == torch.bool else y > 0.5
     n_pos = pos.sum(dim=1)
     m = int(n_pos.max())
     if m == 0:

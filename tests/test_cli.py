@@ -189,3 +189,14 @@ def test_demo_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == [
         "notes.txt"
     ]
+
+
+def test_missing_faiss_says_which_extra_to_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real(name, *a)
+    )
+    code, _, err = _run(["run", tmp_path / "store", "--out", tmp_path / "r", "--concepts", "1"], capsys)
+    assert code == 2 and "pip install 'seals_gpu[cpu]'" in err and not (tmp_path / "r").exists()
