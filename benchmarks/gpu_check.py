@@ -6,7 +6,7 @@ rest, and everything it measures lands in one folder (``--out``, default ``gpu_c
 ``gpu_check.log`` (every step's output), one JSON per benchmark, and ``summary.json`` (each step's command,
 status, seconds and limit; the environment: GPU, driver, torch, CUDA and CuPy versions).
 
-Steps, in order (the total of the limits is 7.5 minutes; ``--budget`` scales them):
+Steps, in order (the limits add up to 7.3 minutes; ``--budget`` scales them):
 
 1. ``env``       nvidia-smi, python/torch/CUDA/CuPy/FAISS versions, torch.cuda.is_available().
 2. ``install``   ``pip install --no-deps --no-index --no-build-isolation -e .`` (the image's packages stay
@@ -15,8 +15,8 @@ Steps, in order (the total of the limits is 7.5 minutes; ``--budget`` scales the
                  --python-version 3.12 -d gpu_wheels``).
 3. ``pytest``    ``pytest -m gpu``: every kernel against its torch reference on fresh random inputs, the
                  learner and search on CUDA against CPU.
-4. ``kernels``   ``bench_kernels.py`` in fp16 and fp32: the fused score+select kernel over 1e5..1e8 candidates,
-                 against the torch path and the measured device-to-device copy bandwidth.
+4. ``kernels``   ``bench_kernels.py --d 128`` in fp16 and fp32: the fused score+select kernel over 1e5..1e8
+                 candidates, against the torch path and the measured device-to-device copy bandwidth.
 5. ``learner``   ``fit_logistic`` on the GPU (batched Newton) at 256 units x 2,000 labels x 384, cold and
                  warm-started, against a scikit-learn loop on the same machine's CPU (all its cores).
 6. ``latency``   ``bench_latency.py --device cuda``: a SEALS round (fit + search + select) for 100 and 256
@@ -55,48 +55,36 @@ def _steps(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
         {
             "name": "env",
             "cmd": [py, str(HERE / "gpu_check.py"), "--env-report", str(out / "env.json")],
-            "limit": 30,
+            "limit": 20,
         },
     ]
     if not dry:
-        steps.append({"name": "install", "cmd": None, "limit": 60})
+        steps.append({"name": "install", "cmd": None, "limit": 45})
     steps += [
         {
             "name": "pytest",
             "cmd": [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")],
-            "limit": 120,
+            "limit": 75,
         },
         {
             "name": "kernels_fp16",
-            "cmd": [
-                py,
-                str(HERE / "bench_kernels.py"),
-                "--dtype",
-                "fp16",
-                "--out",
-                str(out / "kernels_fp16.json"),
-            ]
+            "cmd": [py, str(HERE / "bench_kernels.py"), "--dtype", "fp16", "--d", "128"]
+            + ["--out", str(out / "kernels_fp16.json")]
             + (["--quick"] if dry else []),
             "limit": 60,
         },
         {
             "name": "kernels_fp32",
-            "cmd": [
-                py,
-                str(HERE / "bench_kernels.py"),
-                "--dtype",
-                "fp32",
-                "--quick",
-                "--out",
-                str(out / "kernels_fp32.json"),
-            ],
-            "limit": 30,
+            "cmd": [py, str(HERE / "bench_kernels.py"), "--dtype", "fp32", "--d", "128"]
+            + ["--out", str(out / "kernels_fp32.json")]
+            + (["--quick"] if dry else []),
+            "limit": 45,
         },
         {
             "name": "learner",
             "cmd": [py, str(HERE / "gpu_check.py"), "--learner", str(out / "learner.json"), "--device", dev]
             + (["--units", "8", "--labels", "300", "--dim", "32"] if dry else []),
-            "limit": 90,
+            "limit": 45,
         },
         {
             "name": "latency",
@@ -106,13 +94,13 @@ def _steps(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
                 if dry
                 else ["--sizes", "1e6,1e7", "--concepts", "100,256"]
             ),
-            "limit": 90,
+            "limit": 75,
         },
         {
             "name": "search",
             "cmd": [py, str(HERE / "gpu_check.py"), "--search-qps", str(out / "search.json"), "--device", dev]
             + (["--rows", "20000"] if dry else ["--rows", "10000000"]),
-            "limit": 40,
+            "limit": 30,
         },
         {
             "name": "quick",
@@ -120,7 +108,7 @@ def _steps(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
             + ["--out", str(out / "quick_learner.json")]
             if dry  # the dry run stays inside --out
             else [py, str(HERE / "run_quick.py"), "--device", dev],
-            "limit": 60 if dry else 150,
+            "limit": 60,
         },
     ]
     for s in steps:

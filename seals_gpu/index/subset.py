@@ -32,7 +32,7 @@ import torch
 
 from ..errors import IndexError_
 from .merge import sort_neighbors
-from .shard import exact_scores
+from .shard import _check_queries, exact_scores
 
 PHASE1_LISTS = 3  # nearest lists per query scanned first: their kc-th best score bounds the final one
 MARGIN = 8  # candidates kept beyond k so near-ties at the boundary resolve on float64 scores, by id
@@ -43,12 +43,7 @@ def _check(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     if k < 1:
         raise IndexError_(f"k={k}; the number of neighbours must be at least 1")
-    xq = np.asarray(xq)
-    if xq.ndim != 2 or xq.shape[1] != dim:
-        raise IndexError_(f"queries must have shape (nq, {dim}), got {xq.shape}; reshape your data")
-    xq = np.ascontiguousarray(xq, dtype=np.float32)
-    if not np.isfinite(xq).all():
-        raise IndexError_("queries contain NaN or inf; pass finite, l2-normalised vectors")
+    xq = _check_queries(xq, dim)  # the same query checks (and messages) as every index shard
     if exclude_ids is not None:
         exclude_ids = np.asarray(exclude_ids, dtype=np.int64)
         if exclude_ids.shape != (xq.shape[0],):
