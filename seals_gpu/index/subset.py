@@ -106,10 +106,12 @@ FAISS_MIN_QUERIES = 1024
 
 def _gemm_topk(xq: np.ndarray, xb: np.ndarray, kc: int, block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
     """Top-``kc`` inner products per query by blocked float32 GEMM + top-k (torch): ``(sims, positions)``."""
-    q = torch.from_numpy(xq)
+    with warnings.catch_warnings():  # read-only (memory-mapped) arrays: torch only reads them
+        warnings.simplefilter("ignore", UserWarning)
+        q = torch.from_numpy(xq)
     best_v = best_i = None
     for s in range(0, xb.shape[0], block):
-        with warnings.catch_warnings():  # read-only (memory-mapped) rows: torch only reads them
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             blk = torch.from_numpy(np.ascontiguousarray(xb[s : s + block]))
         v, i = torch.topk(q @ blk.T, min(kc, blk.shape[0]), dim=1, sorted=False)
@@ -327,7 +329,9 @@ class IvfSubset:
         probes, pscore = self._probes(xq, nprobe)  # (nq, P) lists per query and their centroid scores
         P = probes.shape[1]
         F = min(PHASE1_LISTS, P)
-        xq_t = torch.from_numpy(xq)
+        with warnings.catch_warnings():  # read-only queries: torch only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            xq_t = torch.from_numpy(xq)
         vec_t = torch.from_numpy(self.vectors)
         off = self.offsets
         # Phase 1: each query against its F nearest lists, keeping its best kc per list. The kc-th best of
