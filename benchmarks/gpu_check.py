@@ -6,7 +6,7 @@ rest, and everything it measures lands in one folder (``--out``, default ``gpu_c
 ``gpu_check.log`` (every step's output), one JSON per benchmark, and ``summary.json`` (each step's command,
 status, seconds and limit; the environment: GPU, driver, torch, CUDA and CuPy versions).
 
-Steps, in order (the limits add up to 7.3 minutes; ``--budget`` scales them):
+Steps, in order (the limits add up to 7.5 minutes; ``--budget`` scales them):
 
 1. ``env``       nvidia-smi, python/torch/CUDA/CuPy/FAISS versions, torch.cuda.is_available().
 2. ``install``   ``pip install --no-deps --no-index --no-build-isolation -e .`` (the image's packages stay
@@ -21,8 +21,10 @@ Steps, in order (the limits add up to 7.3 minutes; ``--budget`` scales them):
                  warm-started, against a scikit-learn loop on the same machine's CPU (all its cores).
 6. ``latency``   ``bench_latency.py --device cuda``: a SEALS round (fit + search + select) for 100 and 256
                  concepts over 1e7 rows with a kNN graph, against All.
-7. ``search``    exact kNN by torch matmul + top-k on the GPU over 1e7 x 128 rows: queries per second.
-8. ``quick``     ``run_quick.py --device cuda``: the quick benchmark set (JSON in ``benchmarks/out``).
+7. ``round``     a SEALS round over 1e8 rows x 128 (fp16) generated on the GPU, for 100 and 256 concepts: fit,
+                 graph lookup and fused select over the pools, against All's scoring of every row.
+8. ``search``    exact kNN by torch matmul + top-k on the GPU over 1e7 x 128 rows: queries per second.
+9. ``quick``     ``run_quick.py --device cuda``: the quick benchmark set (JSON in ``benchmarks/out``).
 
 ``--dry-run`` runs the same steps on the CPU at toy sizes and skips ``install`` (``make test`` runs it, so the
 script cannot rot). Prints one line per step and a final table; exits 0 when every step passed or was skipped.
@@ -64,27 +66,27 @@ def _steps(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
         {
             "name": "pytest",
             "cmd": [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")],
-            "limit": 75,
+            "limit": 60,
         },
         {
             "name": "kernels_fp16",
             "cmd": [py, str(HERE / "bench_kernels.py"), "--dtype", "fp16", "--d", "128"]
             + ["--out", str(out / "kernels_fp16.json")]
             + (["--quick"] if dry else []),
-            "limit": 60,
+            "limit": 50,
         },
         {
             "name": "kernels_fp32",
             "cmd": [py, str(HERE / "bench_kernels.py"), "--dtype", "fp32", "--d", "128"]
             + ["--out", str(out / "kernels_fp32.json")]
             + (["--quick"] if dry else []),
-            "limit": 45,
+            "limit": 40,
         },
         {
             "name": "learner",
             "cmd": [py, str(HERE / "gpu_check.py"), "--learner", str(out / "learner.json"), "--device", dev]
             + (["--units", "8", "--labels", "300", "--dim", "32"] if dry else []),
-            "limit": 45,
+            "limit": 40,
         },
         {
             "name": "latency",
@@ -94,7 +96,17 @@ def _steps(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
                 if dry
                 else ["--sizes", "1e6,1e7", "--concepts", "100,256"]
             ),
-            "limit": 75,
+            "limit": 60,
+        },
+        {
+            "name": "round",
+            "cmd": [py, str(HERE / "gpu_check.py"), "--round", str(out / "round.json"), "--device", dev]
+            + (
+                ["--rows", "50000", "--concepts", "2,4"]
+                if dry
+                else ["--rows", "100000000", "--concepts", "100,256"]
+            ),
+            "limit": 60,
         },
         {
             "name": "search",
@@ -108,7 +120,7 @@ def _steps(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
             + ["--out", str(out / "quick_learner.json")]
             if dry  # the dry run stays inside --out
             else [py, str(HERE / "run_quick.py"), "--device", dev],
-            "limit": 60,
+            "limit": 45,
         },
     ]
     for s in steps:
@@ -288,6 +300,94 @@ def learner(path: Path, device: str, units: int, labels: int, dim: int) -> int:
     return 0
 
 
+def seals_round(path: Path, device: str, rows: int, concepts: list[int], d: int = 128) -> int:
+    """One SEALS round at ``rows`` rows with everything generated on the device (nothing big travels): for
+    C concepts x 500 labels, the fit (``fit_logistic``), the kNN-graph lookup of 100 new labels per concept
+    (a device-resident (n_labeled, k) neighbour table; the graph's content does not change the cost), and
+    the fused score+select over each concept's pool (500 x 100 candidates), against All's scoring of every
+    row. Writes seconds per step and the All/SEALS selection ratio with the ideal |U| / |P|."""
+    import torch
+
+    from seals_gpu import scoring
+    from seals_gpu.learner import fit_logistic
+
+    dev = torch.device(device)
+    half = dev.type == "cuda"
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    g = torch.Generator(device=dev).manual_seed(0)
+    emb = torch.empty(rows, d, dtype=torch.float16 if half else torch.float32, device=dev)
+    for s in range(0, rows, 1 << 24):  # normalised Gaussian rows, generated in place block by block
+        e = min(rows, s + (1 << 24))
+        blk = torch.randn(e - s, d, generator=g, device=dev)
+        emb[s:e] = torch.nn.functional.normalize(blk, dim=1).to(emb.dtype)
+    res: dict[str, Any] = {"device": str(dev), "rows": rows, "dim": d, "dtype": str(emb.dtype), "cases": []}
+    k, L, b = 100, 500, 100
+    for C in concepts:
+        lab = torch.randint(0, rows, (C, L), generator=g, device=dev)
+        y = (torch.rand(C, L, generator=g, device=dev) < 0.05).float()
+        X = emb[lab.reshape(-1)].float().reshape(C, L, d)
+        mask = torch.ones(C, L, dtype=torch.bool, device=dev)
+        model = fit_logistic(X, y, mask)  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        model = fit_logistic(X, y, mask, init=model)
+        sync()
+        t_fit = time.perf_counter() - t0
+        graph = torch.randint(0, rows, (C * L, k), generator=g, device=dev)  # neighbour table of the labeled
+        new = torch.arange(C * L, device=dev).reshape(C, L)[:, -b:].reshape(-1)
+        sync()
+        t0 = time.perf_counter()
+        nbr = graph[new]  # this round's lookup: k neighbours of b new labels per concept
+        pools = [torch.unique(graph[c * L : (c + 1) * L].reshape(-1)) for c in range(C)]
+        sync()
+        t_search = time.perf_counter() - t0
+        pool_rows = torch.cat(pools)
+        offsets = torch.zeros(C + 1, dtype=torch.int64, device=dev)
+        offsets[1:] = torch.cumsum(torch.tensor([p.numel() for p in pools], device=dev), 0)
+        kind = torch.zeros(C, dtype=torch.int8, device=dev)
+        W, bias = model.W.float(), model.b.float()
+        scoring.score_select(emb, pool_rows, pool_rows, offsets, W, bias, kind, None, 1.0, b)  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        scoring.score_select(emb, pool_rows, pool_rows, offsets, W, bias, kind, None, 1.0, b)
+        sync()
+        t_seals = time.perf_counter() - t0
+
+        def blocks(ids_all=torch.arange(rows, device=dev)):  # noqa: B008 - one id range per case
+            for s in range(0, rows, 1 << 22):
+                yield ids_all[s : s + (1 << 22)], emb[s : s + (1 << 22)]
+
+        sync()
+        t0 = time.perf_counter()
+        scoring.score_all(blocks(), W, bias, kind, None, 1.0, b, device=dev)
+        sync()
+        t_all = time.perf_counter() - t0
+        P = int(pool_rows.numel()) / C
+        res["cases"].append(
+            {
+                "concepts": C,
+                "labels": L,
+                "pool_per_concept": P,
+                "fit_s": t_fit,
+                "search_s": t_search,
+                "select_seals_s": t_seals,
+                "select_all_s": t_all,
+                "round_seals_s": t_fit + t_search + t_seals,
+                "select_speedup": t_all / t_seals,
+                "ideal_speedup": rows / P,
+                "neighbours_looked_up": int(nbr.numel()),
+            }
+        )
+        print(json.dumps(res["cases"][-1]), flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("gpu_check_out"))
@@ -301,12 +401,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     p.add_argument("--rows", type=int, default=10_000_000, help=argparse.SUPPRESS)
     p.add_argument("--learner", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--round", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--concepts", default="100,256", help=argparse.SUPPRESS)
     p.add_argument("--units", type=int, default=256, help=argparse.SUPPRESS)
     p.add_argument("--labels", type=int, default=2000, help=argparse.SUPPRESS)
     p.add_argument("--dim", type=int, default=384, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.learner is not None:
         return learner(args.learner, args.device, args.units, args.labels, args.dim)
+    if args.round is not None:
+        return seals_round(args.round, args.device, args.rows, [int(c) for c in args.concepts.split(",")])
     if args.env_report is not None:
         return env_report(args.env_report)
     if args.search_qps is not None:

@@ -22,10 +22,27 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads((out / "summary.json").read_text())
     names = [s["name"] for s in summary["steps"]]
-    assert names == ["env", "pytest", "kernels_fp16", "kernels_fp32", "learner", "latency", "search", "quick"]
+    assert names == [
+        "env",
+        "pytest",
+        "kernels_fp16",
+        "kernels_fp32",
+        "learner",
+        "latency",
+        "round",
+        "search",
+        "quick",
+    ]
     assert all(s["status"] == "ok" for s in summary["steps"]), summary["steps"]
     assert summary["dry_run"] is True and "torch" in summary["environment"]
-    for f in ("kernels_fp16.json", "kernels_fp32.json", "learner.json", "latency.json", "search.json"):
+    for f in (
+        "kernels_fp16.json",
+        "kernels_fp32.json",
+        "learner.json",
+        "latency.json",
+        "round.json",
+        "search.json",
+    ):
         assert (out / f).is_file(), f
     search = json.loads((out / "search.json").read_text())
     assert search["recall_vs_float64"] >= 0.98 and search["qps"] > 0
