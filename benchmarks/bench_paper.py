@@ -1,8 +1,9 @@
 """The paper's result on real data: SEALS vs All on WordNet nouns x all-MiniLM-L6-v2 (82,115 items, 384 dims).
 
 Concepts (WordNet synsets with everything below them, ImageNet's class structure) in two prevalence bands:
-``imagenet`` 0.1%-1% and ``openimages`` 0.01%-0.1% (8-82 positives, so its seed set takes fewer positives,
-``--seed-positives-rare``, and a concept needs that many + 3 train positives to be eligible). For each band and
+``imagenet`` 0.1%-1% and ``openimages`` 0.01%-0.1% (8-82 positives). Every band seeds with 5 positives + 95
+negatives (the paper's; ``--seed-positives-rare`` for the rare band), and a concept is eligible with >= 10 train
+positives (and the seed's + 3) and >= 1 test positive; the eligible counts are printed. For each band and
 each k (100 and 1000): MaxEnt, MLP, ID and Random x All and SEALS, b = 100, budget 2,000 (the paper's
 settings), run by ``seals-gpu run ... --full-supervision`` (in-process: ``seals_gpu.cli.main``), then the
 paper-style table (``seals_gpu.report.summarize`` / ``format_table``) and Figure-1-style plots
@@ -30,7 +31,7 @@ import numpy as np
 
 from seals_gpu.cli import main as seals_cli
 from seals_gpu.report import format_table, load_metrics, make_plots, summarize
-from seals_gpu.seeds import sample_concepts
+from seals_gpu.seeds import eligible_concepts, sample_concepts
 from seals_gpu.store import Store
 
 NAME = "paper"
@@ -78,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--seed-positives", type=int, default=5)
     p.add_argument(
-        "--seed-positives-rare", type=int, default=2, help="seed positives for the openimages band"
+        "--seed-positives-rare",
+        type=int,
+        default=5,
+        help="seed positives for the openimages band (default 5, the paper's; session 1 used 2)",
     )
     p.add_argument("--seed-negatives", type=int, default=95)
     p.add_argument("--seed", type=int, default=0)
@@ -98,7 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     for band in args.bands.split(","):
         lo, hi = BANDS[band]
         seed_pos = args.seed_positives_rare if band == "openimages" else args.seed_positives
-        concepts = sample_concepts(store, n_concepts, (lo, hi), args.seed, seed_pos + 3, train_ids)
+        # eligible: >= 1 test positive (else AP is undefined and would silently drop out of the means) and
+        # >= 10 train positives (enough beyond the seed set to find)
+        min_train = max(10, seed_pos + 3)
+        n_elig = len(eligible_concepts(store, (lo, hi), min_train, train_ids, min_test_positives=1))
+        print(
+            f"{band}: {n_elig} eligible concepts (>= {min_train} train and >= 1 test positives)", flush=True
+        )
+        concepts = sample_concepts(
+            store, n_concepts, (lo, hi), args.seed, min_train, train_ids, min_test_positives=1
+        )
         names = store.concept_names()
         print(
             f"\n== {band} ({lo:.2%}-{hi:.2%}): {len(concepts)} concepts: "

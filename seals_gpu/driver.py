@@ -187,6 +187,12 @@ class Run:
         self._test_y: dict[Any, np.ndarray] = {
             c: isin_sorted(self.test_ids, positives[c]) for c in config.concepts
         }
+        for c in config.concepts:
+            if not self._test_y[c].any():
+                log(
+                    f"warning: concept {c!r} has no positive in the test split: its test AP is undefined "
+                    "(NaN, left out of the means); its recall is still measured. Pick another concept for AP"
+                )
 
     def _cache_key(self, index: LocalIndex) -> dict[str, Any]:
         """What a cached search structure for this run depends on (see :mod:`seals_gpu.cache`)."""

@@ -41,6 +41,31 @@ def draw_seed_set(
     return ids, labels
 
 
+def eligible_concepts(
+    store: Store,
+    prevalence: tuple[float, float],
+    min_train_positives: int,
+    train_ids: np.ndarray,
+    *,
+    min_test_positives: int = 0,
+) -> list[Any]:
+    """Concepts with prevalence in [MIN, MAX], at least ``min_train_positives`` positives in the train split
+    and (optionally) ``min_test_positives`` in the test split (a concept without a test positive has no AP),
+    in a fixed order (by repr)."""
+    counts = store.concept_counts()
+    lo, hi = prevalence
+    eligible = sorted((c for c, k in counts.items() if lo <= k / store.num_rows <= hi), key=repr)
+    if eligible:
+        pos = store.concept_positives(eligible)
+        keep = []
+        for c in eligible:
+            n_train = int(isin_sorted(pos[c], train_ids).sum())
+            if n_train >= min_train_positives and pos[c].size - n_train >= min_test_positives:
+                keep.append(c)
+        eligible = keep
+    return eligible
+
+
 def sample_concepts(
     store: Store,
     n: int,
@@ -48,18 +73,20 @@ def sample_concepts(
     seed: int,
     min_train_positives: int,
     train_ids: np.ndarray,
+    *,
+    min_test_positives: int = 0,
 ) -> list[Any]:
-    """``n`` concepts with prevalence in [MIN, MAX] and enough train positives, chosen with ``seed``."""
-    counts = store.concept_counts()
+    """``n`` concepts with prevalence in [MIN, MAX] and enough train (and test) positives, chosen with
+    ``seed`` among :func:`eligible_concepts`."""
     lo, hi = prevalence
-    eligible = sorted((c for c, k in counts.items() if lo <= k / store.num_rows <= hi), key=repr)
-    if eligible:
-        pos = store.concept_positives(eligible)
-        eligible = [c for c in eligible if isin_sorted(pos[c], train_ids).sum() >= min_train_positives]
+    eligible = eligible_concepts(
+        store, prevalence, min_train_positives, train_ids, min_test_positives=min_test_positives
+    )
     if len(eligible) < n:
+        test = f" and >= {min_test_positives} test positives" if min_test_positives else ""
         raise ConfigError(
             f"only {len(eligible)} concepts have prevalence in [{lo}, {hi}] with >= {min_train_positives} "
-            f"train positives, but --concepts-sample asks for {n}; widen --prevalence or sample fewer"
+            f"train positives{test}, but --concepts-sample asks for {n}; widen --prevalence or sample fewer"
         )
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(eligible), size=n, replace=False)

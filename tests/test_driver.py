@@ -275,3 +275,43 @@ def test_a_concept_selects_the_same_alone_first_or_last(synth, tmp_path):
     alone = picks("alone", [1])
     assert picks("first", [1, 0, 3]) == alone
     assert picks("last", [0, 3, 1]) == alone
+
+
+def test_concepts_without_a_test_positive_are_named_and_can_be_excluded(tmp_path):
+    """A concept whose positives are all in the train split has no test AP: the run says so in one line, and
+    eligible_concepts / sample_concepts can require a test positive (what bench_paper does)."""
+    from seals_gpu.config import RunConfig
+    from seals_gpu.seeds import eligible_concepts, sample_concepts
+    from seals_gpu.store import write_store
+
+    from .conftest import clustered
+
+    ids, x, labels = clustered(3000, 8, seed=3)
+    split = np.where(np.arange(ids.size) % 5 == 0, "test", "train")
+    # concept 7: 12 items, all in the train split
+    train_rows = np.flatnonzero(split == "train")[:12]
+    labels = [list(lab) + ([7] if r in set(train_rows.tolist()) else []) for r, lab in enumerate(labels)]
+    store = write_store(tmp_path / "s", ids, x, labels=labels, split=split)
+    all_ids, is_test = store.read_split()
+    train_ids = np.sort(all_ids[~is_test])
+    lo_hi = (0.0, 1.0)
+    assert 7 in eligible_concepts(store, lo_hi, 10, train_ids)
+    assert 7 not in eligible_concepts(store, lo_hi, 10, train_ids, min_test_positives=1)
+    n = len(eligible_concepts(store, lo_hi, 10, train_ids, min_test_positives=1))
+    picked = sample_concepts(store, n, lo_hi, 0, 10, train_ids, min_test_positives=1)
+    assert 7 not in picked
+    logs: list[str] = []
+    cfg = RunConfig(
+        store=str(store.path),
+        store_fingerprint=store.fingerprint,
+        concepts=(7,),
+        strategies=("maxent",),
+        modes=("seals",),
+        budget=30,
+        seed_positives=2,
+        seed_negatives=8,
+        batch=10,
+        k=5,
+    )
+    Run(cfg, tmp_path / "r", store=store, progress=False, log=lambda *m: logs.append(" ".join(map(str, m))))
+    assert any("concept 7 has no positive in the test split" in m for m in logs), logs
