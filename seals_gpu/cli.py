@@ -175,6 +175,13 @@ def _add_run_args(pr: argparse.ArgumentParser) -> None:
         "--C", dest="C", type=float, default=1.0, help="inverse L2 strength of the logistic model"
     )
     pr.add_argument("--beta", type=float, default=1.0, help="information-density exponent")
+    pr.add_argument(
+        "--class-weight",
+        default="none",
+        choices=["none", "balanced"],
+        help="weight each label's loss by n / (2 n_class) of its learner (scikit-learn's 'balanced'); "
+        "rare concepts usually want it (default none: the paper's unweighted model)",
+    )
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     pr.add_argument(
         "--search",

@@ -38,6 +38,7 @@ class RunConfig:
     full_supervision: bool = False
     search: str = "auto"
     search_recall: float = 0.95
+    class_weight: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,6 +85,8 @@ class RunConfig:
             raise ConfigError(
                 f"--search-recall {self.search_recall}: must be in (0, 1]; 0.95 is a good default"
             )
+        if self.class_weight not in ("none", "balanced"):
+            raise ConfigError(f"--class-weight {self.class_weight!r}: choose none or balanced")
         if not (self.beta >= 0):
             raise ConfigError(f"--beta {self.beta} must be 0 or more")
 

@@ -292,6 +292,7 @@ class Run:
                 [u.label_vec for u in self.units],
                 C=self.config.C,
                 init=self.model,
+                class_weight=self.config.class_weight,
             )
             return time.perf_counter() - t0
         dev = self.device.torch_device
@@ -306,7 +307,14 @@ class Run:
             X[u.index, :n] = torch.from_numpy(u.X)
             y[u.index, :n] = torch.from_numpy(u.label_vec.astype(np.float32))
             mask[u.index, :n] = True
-        self.model = fit_logistic(X.to(dev), y.to(dev), mask.to(dev), C=self.config.C, init=self.model)
+        self.model = fit_logistic(
+            X.to(dev),
+            y.to(dev),
+            mask.to(dev),
+            C=self.config.C,
+            init=self.model,
+            class_weight=self.config.class_weight,
+        )
         return time.perf_counter() - t0
 
     def _test_ap(self) -> list[float]:

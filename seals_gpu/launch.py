@@ -108,6 +108,7 @@ def run_from_args(a: Any) -> Run:
         graph=str(a.graph) if a.graph else None,
         full_supervision=a.full_supervision,
         search=getattr(a, "search", "auto"),
+        class_weight=getattr(a, "class_weight", "none"),
         search_recall=getattr(a, "search_recall", 0.95),
     )
     out = Path(a.out)

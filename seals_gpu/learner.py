@@ -226,6 +226,7 @@ def fit_logistic(
     keep_factor: bool = False,
     method: str = "auto",
     threads: int | None = None,
+    class_weight: str = "none",
 ) -> LogisticModel:
     """Fit ``U`` independent L2-regularised logistic regressions given in one padded layout.
 
@@ -257,6 +258,8 @@ def fit_logistic(
         threads: ``"lbfgs"`` only: units solved in parallel, >= 1 (default
             ``torch.get_num_threads()``; small units always run one at a time, see the module
             docstring); results do not depend on it.
+        class_weight: ``"none"`` or ``"balanced"``: each row's loss weighted by ``n / (2 n_class)``
+            of its unit (scikit-learn's ``class_weight='balanced'``); units with one class get 1.
 
     Returns:
         The fitted :class:`LogisticModel`, with ``W``/``b`` in ``X``'s dtype (float32 for
@@ -273,6 +276,7 @@ def fit_logistic(
     device = X.device if isinstance(X, torch.Tensor) else torch.device("cpu")
     method = _resolve_method(method, device)
     max_iter, tol, threads = _check_config(method, C, max_iter, tol, threads)
+    _check_class_weight(class_weight)
     if keep_factor and method == "lbfgs":
         raise ConfigError(
             "keep_factor=True needs method='newton' (L-BFGS has no Hessian factor to keep); "
@@ -280,16 +284,16 @@ def fit_logistic(
         )
     X, y, mask, start = _validate(X, y, mask, init)
     if method == "lbfgs":
-        return _fit_lbfgs_padded(X, y, mask, start, C, max_iter, tol, threads)
+        return _fit_lbfgs_padded(X, y, mask, start, C, max_iter, tol, threads, class_weight)
     U, L, d = X.shape
     chunk = max(1, _HESSIAN_BYTES // (8 * (d + 1) ** 2))
     if U <= chunk:
-        return _fit(X, y, mask, start, C, max_iter, tol, keep_factor)
+        return _fit(X, y, mask, start, C, max_iter, tol, keep_factor, class_weight)
     parts = []
     for s in range(0, U, chunk):
         sl = slice(s, s + chunk)
         start_s = None if start is None else _Start(*(None if t is None else t[sl] for t in start))
-        parts.append(_fit(X[sl], y[sl], mask[sl], start_s, C, max_iter, tol, keep_factor))
+        parts.append(_fit(X[sl], y[sl], mask[sl], start_s, C, max_iter, tol, keep_factor, class_weight))
     return LogisticModel(
         W=torch.cat([p.W for p in parts]),
         b=torch.cat([p.b for p in parts]),
@@ -309,6 +313,7 @@ def fit_logistic_units(
     max_iter: int | None = None,
     tol: float | None = None,
     threads: int | None = None,
+    class_weight: str = "none",
 ) -> LogisticModel:
     """Fit ``U`` independent logistic regressions given as ragged per-unit numpy arrays (CPU, L-BFGS).
 
@@ -343,6 +348,7 @@ def fit_logistic_units(
         ConfigError: ``C``, ``max_iter``, ``tol`` or ``threads`` out of range.
     """
     max_iter, tol, threads = _check_config("lbfgs", C, max_iter, tol, threads)
+    _check_class_weight(class_weight)
     units, d, out_dtype = _validate_units(Xs, ys)
     start = _validate_init(init, len(units), d, torch.device("cpu"))
     W0 = None if start is None else start.W.numpy()
@@ -359,10 +365,26 @@ def fit_logistic_units(
         out_dtype,
         torch.device("cpu"),
         lambda u, i: f"Xs[{u}][{i}]",
+        class_weight=class_weight,
     )
 
 
 _METHODS = ("auto", "newton", "lbfgs")
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def _check_class_weight(class_weight: str) -> None:
+    if class_weight not in CLASS_WEIGHTS:
+        raise ConfigError(f"class_weight={class_weight!r}: choose one of {', '.join(CLASS_WEIGHTS)}")
+
+
+def balanced_weights(y: np.ndarray) -> np.ndarray:
+    """scikit-learn's ``class_weight='balanced'`` per row: ``n / (2 n_class)``; all 1 with one class."""
+    n = y.size
+    npos = float(np.sum(y > 0.5))
+    if npos == 0 or npos == n:
+        return np.ones(n)
+    return np.where(y > 0.5, n / (2.0 * npos), n / (2.0 * (n - npos)))
 
 
 def _resolve_method(method: str, device: torch.device) -> str:
@@ -544,6 +566,7 @@ def _fit_lbfgs_padded(
     max_iter: int,
     tol: float,
     threads: int,
+    class_weight: str = "none",
 ) -> LogisticModel:
     """The ``"lbfgs"`` method of :func:`fit_logistic`: slice each unit's rows out of the padded layout."""
     dev = X.device
@@ -569,7 +592,9 @@ def _fit_lbfgs_padded(
     def row_name(u: int, i: int) -> str:
         return f"X[{u}, {int(gathered[u][i]) if u in gathered else i}]"
 
-    return _solve_units(units, W0, b0, d, C, max_iter, tol, threads, Xn.dtype, dev, row_name)
+    return _solve_units(
+        units, W0, b0, d, C, max_iter, tol, threads, Xn.dtype, dev, row_name, class_weight=class_weight
+    )
 
 
 def _blas_single_thread():
@@ -601,6 +626,8 @@ def _solve_units(
     out_dtype: np.dtype,
     device: torch.device,
     row_name: Callable[[int, int], str],
+    *,
+    class_weight: str = "none",
 ) -> LogisticModel:
     """Solve every unit with :func:`_lbfgs_unit`, ``threads`` at a time; collect a LogisticModel.
 
@@ -617,7 +644,8 @@ def _solve_units(
         b = 0.0 if b0 is None else float(b0[u])
         X = units[u].X
         try:
-            n_iter[u], conv[u] = _lbfgs_unit(X, units[u].y, w0, b, C, tol, max_iter, theta[u])
+            Cu = C if class_weight == "none" else C * balanced_weights(units[u].y)
+            n_iter[u], conv[u] = _lbfgs_unit(X, units[u].y, w0, b, Cu, tol, max_iter, theta[u])
         except _NotFinite:
             with np.errstate(over="ignore", invalid="ignore"):
                 bad = np.flatnonzero(~np.isfinite(X.sum(axis=1)))
@@ -706,7 +734,9 @@ def _lbfgs_unit(
         theta[:d] = w0
         theta[d] = b0
     with np.errstate(over="ignore", invalid="ignore"):
-        return _lbfgs_run(X, y, theta, lam_b, C, tol * C * n, max_iter, w0 is None)
+        # C may be per row (class weights): the stopping scale is C times the summed sample weights
+        ctot = float(np.sum(C)) if isinstance(C, np.ndarray) else C * n
+        return _lbfgs_run(X, y, theta, lam_b, C, tol * ctot, max_iter, w0 is None)
 
 
 def _lbfgs_run(
@@ -1085,16 +1115,21 @@ def _fit(
     max_iter: int,
     tol: float,
     keep_factor: bool,
+    class_weight: str = "none",
 ) -> LogisticModel:
     """Solve one chunk of units (inputs already validated)."""
     U, L, d = X.shape
     dev = X.device
     m = mask.to(_F64)
     yv = torch.where(mask, y.to(_F64), torch.zeros((), dtype=_F64, device=dev))
-    wts = C * m
     n = m.sum(dim=1)
     npos = yv.sum(dim=1)
     both = (npos > 0) & (npos < n)
+    wts = C * m
+    if class_weight == "balanced":  # n / (2 n_class) per row; 1 for one-class units (as scikit-learn)
+        w_pos = torch.where(both, n / (2.0 * npos.clamp(min=1.0)), torch.ones_like(n))
+        w_neg = torch.where(both, n / (2.0 * (n - npos).clamp(min=1.0)), torch.ones_like(n))
+        wts = wts * torch.where(yv > 0.5, w_pos[:, None], w_neg[:, None])
     lam_b = (~both).to(_F64)
     b_floor = 1e-6 * (1.0 + wts.sum(dim=1))
     if start is None:

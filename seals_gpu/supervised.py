@@ -23,7 +23,9 @@ def full_supervision_ap(run: Any) -> dict[Any, float]:
     for c in run.config.concepts:
         y = torch.from_numpy(np.isin(run.train_ids, run.positives[c]).astype(np.float32)).to(dev)
         mask = torch.ones_like(y, dtype=torch.bool)
-        model = fit_logistic(x_train[None], y[None], mask[None], C=run.config.C)
+        model = fit_logistic(
+            x_train[None], y[None], mask[None], C=run.config.C, class_weight=run.config.class_weight
+        )
         logits = (x_test @ model.W[0].to(x_test.dtype) + model.b[0].to(x_test.dtype)).float().cpu().numpy()
         out[c] = float(average_precision(run._test_y[c], logits))
     return out

@@ -200,3 +200,44 @@ def test_missing_faiss_says_which_extra_to_install(tmp_path, capsys, monkeypatch
     )
     code, _, err = _run(["run", tmp_path / "store", "--out", tmp_path / "r", "--concepts", "1"], capsys)
     assert code == 2 and "pip install 'seals_gpu[cpu]'" in err and not (tmp_path / "r").exists()
+
+
+def test_class_weight_flag_end_to_end(tmp_path, capsys):
+    """--class-weight balanced changes the model (and so the selections), is kept in the config, and a resume
+    with another class weight is refused before anything changes."""
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    assert (
+        _run(
+            ["store", "synth", store, "--n", 3000, "--dim", 8, "--concepts", 2, "--prevalence", "0.01:0.02"],
+            capsys,
+        )[0]
+        == 0
+    )
+    common = [
+        "--concepts",
+        "0",
+        "--strategies",
+        "maxent",
+        "--modes",
+        "seals",
+        "--budget",
+        300,
+        "--k",
+        10,
+        "--quiet",
+    ]
+    assert _run(["run", store, "--out", tmp_path / "none"] + common, capsys)[0] == 0
+    code, _, err = _run(
+        ["run", store, "--out", tmp_path / "bal", "--class-weight", "balanced"] + common, capsys
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "bal" / "config.json").read_text())["class_weight"] == "balanced"
+    a = pq.read_table(tmp_path / "none" / "selections.parquet").to_pydict()
+    b = pq.read_table(tmp_path / "bal" / "selections.parquet").to_pydict()
+    assert a["id"][:100] == b["id"][:100] and a["id"] != b["id"]  # same seed set, different picks after
+    before = (tmp_path / "bal" / "metrics.parquet").stat().st_mtime_ns
+    code, _, err = _run(["run", store, "--out", tmp_path / "bal", "--resume"] + common, capsys)
+    assert code == 2 and "class_weight" in err
+    assert (tmp_path / "bal" / "metrics.parquet").stat().st_mtime_ns == before

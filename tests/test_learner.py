@@ -618,3 +618,46 @@ def test_units_validation() -> None:
         fit_logistic_units(Xs, [ys[0], bad])
     except ValueError as e:
         assert "\n" not in str(e)
+
+
+@pytest.mark.parametrize("C", [0.1, 1.0, 10.0])
+def test_class_weight_balanced_matches_sklearn(C: float) -> None:
+    """class_weight='balanced' (n / (2 n_class) per row) equals scikit-learn's, for both methods and the
+    ragged entry point; 'none' stays the unweighted objective."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from seals_gpu.learner import fit_logistic_units
+
+    rng = np.random.default_rng(3)
+    U, L, d = 3, 400, 16
+    X = rng.standard_normal((U, L, d)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=2, keepdims=True)
+    y = (rng.random((U, L)) < 0.05).astype(np.float32)
+    y[:, 0] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = np.stack(
+            [
+                LogisticRegression(C=C, class_weight="balanced", tol=1e-10, max_iter=10_000)
+                .fit(X[u].astype(np.float64), y[u])
+                .predict_proba(X[u].astype(np.float64))[:, 1]
+                for u in range(U)
+            ]
+        )
+    Xt, yt, mask = torch.from_numpy(X), torch.from_numpy(y), torch.ones(U, L, dtype=torch.bool)
+
+    def proba(model) -> np.ndarray:
+        z = torch.einsum("uld,ud->ul", Xt.double(), model.W.double()) + model.b.double()[:, None]
+        return torch.sigmoid(z).numpy()
+
+    for method, tol in (("lbfgs", 1e-9), ("newton", 1e-10)):
+        m = fit_logistic(Xt, yt, mask, C=C, method=method, class_weight="balanced", tol=tol, max_iter=500)
+        assert np.abs(proba(m) - ref).max() < 1e-5, method
+    ragged = fit_logistic_units(list(X), list(y), C=C, class_weight="balanced", tol=1e-9)
+    assert np.abs(proba(ragged) - ref).max() < 1e-5
+    plain = fit_logistic(Xt, yt, mask, C=C)
+    assert np.abs(proba(plain) - ref).max() > 1e-3  # weighting changes the model
+    with pytest.raises(ConfigError, match="class_weight='auto'"):
+        fit_logistic(Xt, yt, mask, class_weight="auto")
