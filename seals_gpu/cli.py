@@ -176,6 +176,13 @@ def _add_run_args(pr: argparse.ArgumentParser) -> None:
     )
     pr.add_argument("--beta", type=float, default=1.0, help="information-density exponent")
     pr.add_argument(
+        "--expand",
+        default="batch",
+        choices=["batch", "each"],
+        help="SEALS pool growth: batch (default: b picks from the round's pool, then the pool grows with "
+        "their neighbours) or each (Algorithm 2 as written: the pool grows after every pick, model fixed)",
+    )
+    pr.add_argument(
         "--class-weight",
         default="none",
         choices=["none", "balanced"],

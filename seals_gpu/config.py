@@ -39,6 +39,7 @@ class RunConfig:
     search: str = "auto"
     search_recall: float = 0.95
     class_weight: str = "none"
+    expand: str = "batch"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +86,15 @@ class RunConfig:
             raise ConfigError(
                 f"--search-recall {self.search_recall}: must be in (0, 1]; 0.95 is a good default"
             )
+        if self.expand not in ("batch", "each"):
+            raise ConfigError(f"--expand {self.expand!r}: choose batch or each")
+        if self.expand == "each":
+            bad = [s for s in self.strategies if s in ("id-knn", "id-pairwise")]
+            if bad and "seals" in self.modes:
+                raise ConfigError(
+                    f"--expand each scores candidates one pool at a time: strategies {bad} are not "
+                    "supported there; use maxent, mlp, id or random, or --expand batch"
+                )
         if self.class_weight not in ("none", "balanced"):
             raise ConfigError(f"--class-weight {self.class_weight!r}: choose none or balanced")
         if not (self.beta >= 0):

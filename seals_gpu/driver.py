@@ -47,7 +47,7 @@ from .rundir import (
     restore,
     write_checkpoint,
 )
-from .scoring import TopB
+from .scoring import TopB, strategy_scores
 from .seeds import concept_seed, draw_seed_set
 from .store import Store
 from .strategies import binary_entropy, random_scores, select_topk_segmented
@@ -359,7 +359,13 @@ class Run:
             t0 = time.perf_counter()
             idx = torch.tensor([u.index for u in units], dtype=torch.long, device=W.device)
             Wg, bg = W[idx], bias[idx]
-            if strategy in KERNEL_KIND:
+            if mode == "seals" and cfg.expand == "each":
+                ref = self._ref_means(units) if strategy == "id" else None
+                for j, u in enumerate(units):
+                    chosen[u.index] = self._select_each(
+                        u, Wg[j], bg[j], None if ref is None else ref[j], b_round
+                    )
+            elif strategy in KERNEL_KIND:
                 kind = torch.full((len(units),), KERNEL_KIND[strategy], dtype=torch.int8, device=dev)
                 ref = self._ref_means(units) if strategy == "id" else None
                 if mode == "seals":
@@ -375,6 +381,46 @@ class Run:
                     chosen[u.index] = self._select_torch(u, Wg[j], bg[j], b_round)
             timings[(strategy, mode)] = time.perf_counter() - t0
         return chosen, timings
+
+    def _select_each(
+        self, u: Unit, w: torch.Tensor, b: torch.Tensor, ref: torch.Tensor | None, b_round: int
+    ) -> np.ndarray:
+        """Algorithm 2 as written (``--expand each``): with the model fixed for the round, pick the best
+        candidate, add its k neighbours to the pool at once, pick again from the grown pool, b times.
+
+        Scores do not change within a round (the model and, for ID, the reference mean are fixed), so
+        each candidate is scored once and kept in a max-heap by (score, lower id); only a pick's new
+        neighbours are scored. The pool itself is grown by ``_expand`` after labeling, as for ``batch``:
+        it ends up the same set.
+        """
+        import heapq
+
+        labeled = set(u.labeled_ids.tolist())
+        seen = set(u.pool.ids.tolist())
+
+        def scores(ids: np.ndarray) -> np.ndarray:
+            if ids.size == 0:
+                return np.empty(0)
+            if u.strategy == "random":
+                return random_scores(ids, self.config.seed, _unit_key(u), self.round + 1).numpy()
+            x = torch.from_numpy(self.backend.vectors(ids)).to(w.device, torch.float32)
+            z = (x @ w.float() + b.float()).double()
+            sim = (x @ ref.float()).double() if ref is not None else None
+            return strategy_scores(z, KERNEL_KIND[u.strategy], sim, self.config.beta).cpu().numpy()
+
+        heap = [(-float(s), int(i)) for s, i in zip(scores(u.pool.ids), u.pool.ids.tolist(), strict=True)]
+        heapq.heapify(heap)
+        picks: list[int] = []
+        while heap and len(picks) < b_round:
+            _, z_id = heapq.heappop(heap)
+            picks.append(z_id)
+            _, I = self.neighbors(np.array([z_id], dtype=np.int64))
+            new = [int(i) for i in I[0] if i >= 0 and int(i) not in seen and int(i) not in labeled]
+            seen.update(new)
+            arr = np.asarray(sorted(set(new)), dtype=np.int64)
+            for s, i in zip(scores(arr), arr.tolist(), strict=True):
+                heapq.heappush(heap, (-float(s), i))
+        return np.asarray(picks, dtype=np.int64)
 
     def _ref_means(self, units: list[Unit]) -> torch.Tensor:
         rows = []

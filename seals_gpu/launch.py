@@ -109,6 +109,7 @@ def run_from_args(a: Any) -> Run:
         full_supervision=a.full_supervision,
         search=getattr(a, "search", "auto"),
         class_weight=getattr(a, "class_weight", "none"),
+        expand=getattr(a, "expand", "batch"),
         search_recall=getattr(a, "search_recall", 0.95),
     )
     out = Path(a.out)
