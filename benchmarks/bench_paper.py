@@ -87,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed-negatives", type=int, default=95)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-full-supervision", action="store_true")
+    p.add_argument(
+        "--class-weights",
+        default="none,balanced",
+        help="comma-separated --class-weight values; the table is reported for each (default none,balanced)",
+    )
+    p.add_argument("--search", default="flat", help="the runs' --search (default flat: exact neighbours)")
+    p.add_argument("--expand", default="batch", help="the runs' --expand (batch or each)")
     p.add_argument("--runs-dir", type=Path, default=cm.OUT_DIR / "paper", help="where the run folders go")
     p.add_argument("--cache", type=Path, default=cm.OUT_DIR / "cache")
     args = cm.parse(p, argv)
@@ -118,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join(str(names.get(c, c)) for c in concepts[:8])}{' ...' if len(concepts) > 8 else ''}",
             flush=True,
         )
-        for k in ks:
-            out = args.runs_dir / f"{band}_k{k}"
+        for k, cw in [(k, cw) for k in ks for cw in args.class_weights.split(",")]:
+            out = args.runs_dir / (f"{band}_k{k}" if cw == "none" else f"{band}_k{k}_{cw}")
             if out.exists():
                 shutil.rmtree(out)
             argv_run = [
@@ -147,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.seed),
                 "--device",
                 dev.kind,
+                "--class-weight",
+                cw,
+                "--search",
+                args.search,
+                "--expand",
+                args.expand,
                 "--quiet",
             ]
             if not args.no_full_supervision:
@@ -168,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "band": band,
                     "k": k,
+                    "class_weight": cw,
                     "concepts": concepts,
                     "run_dir": out,
                     "wall_s": wall,
@@ -176,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             for r in summary:
-                rows.append({"band": band, "k": k, **r})
+                rows.append({"band": band, "k": k, "class_weight": cw, **r})
     checks = []
     for r in rows:
         if r.get("kind") == "gap" and r["strategy"] in ("maxent", "mlp", "id"):
@@ -186,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "band": r["band"],
                     "k": r["k"],
+                    "class_weight": r["class_weight"],
                     "strategy": r["strategy"],
                     "ap_gap": r["test_ap_gap"],
                     "recall_gap": r["recall_gap"],
@@ -196,12 +211,25 @@ def main(argv: list[str] | None = None) -> int:
             )
     print()
     for run in runs:
-        print(f"--- {run['band']}, k={run['k']} ({len(run['concepts'])} concepts, budget {budget}) ---")
+        print(
+            f"--- {run['band']}, k={run['k']}, class weight {run['class_weight']} "
+            f"({len(run['concepts'])} concepts, budget {budget}) ---"
+        )
         print(run["table"])
     print()
     cm.print_table(
         checks,
-        ["band", "k", "strategy", "ap_gap", "recall_gap", "pool_fraction", "select_speedup", "met"],
+        [
+            "band",
+            "k",
+            "class_weight",
+            "strategy",
+            "ap_gap",
+            "recall_gap",
+            "pool_fraction",
+            "select_speedup",
+            "met",
+        ],
         title=f"SEALS - All at the final budget (target: gaps >= -{TARGET_AP_GAP} AP and "
         f">= -{TARGET_RECALL_GAP} recall)",
     )
