@@ -9,7 +9,7 @@ import os
 import signal
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -22,8 +22,21 @@ from .learner import LogisticModel
 from .pool import CandidatePool
 from .report import REQUIRED_COLUMNS
 
-if TYPE_CHECKING:
-    from .driver import Run
+
+class Run(Protocol):
+    """What the checkpoint reads and restores of a run (``seals_gpu.driver.Run`` has it): the run folder
+    depends on this shape, not on the driver."""
+
+    config: RunConfig
+    out: Path
+    round: int
+    model: LogisticModel | None
+    metrics: list[dict[str, Any]]
+    selections: list[dict[str, np.ndarray]]
+    units: list[Any]
+    backend: Any
+    device: Any
+
 
 METRIC_COLUMNS = list(REQUIRED_COLUMNS)  # the metrics.parquet schema; report.py, which reads it, owns it
 SELECTION_COLUMNS = ["concept", "strategy", "mode", "round", "id", "label"]
