@@ -12,6 +12,7 @@ import torch
 from .atomic import write_parquet
 from .learner import fit_logistic
 from .metrics import average_precision
+from .rundir import tables
 
 
 def full_supervision_ap(run: Any) -> dict[Any, float]:
@@ -36,7 +37,7 @@ def record_full_supervision(run: Any) -> None:
     t0 = time.perf_counter()
     aps = full_supervision_ap(run)
     secs = (time.perf_counter() - t0) / max(1, len(aps))
-    metrics, _ = run._tables()
+    metrics, _ = tables(run)
     n_train = int(run.train_ids.size)
     rows = []
     for c, ap in aps.items():

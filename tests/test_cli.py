@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from seals_gpu.cli import main
@@ -241,3 +242,48 @@ def test_class_weight_flag_end_to_end(tmp_path, capsys):
     code, _, err = _run(["run", store, "--out", tmp_path / "bal", "--resume"] + common, capsys)
     assert code == 2 and "class_weight" in err
     assert (tmp_path / "bal" / "metrics.parquet").stat().st_mtime_ns == before
+
+
+def test_full_supervision_reference_rows(tmp_path, capsys):
+    """--full-supervision appends one 'full' row per concept (AP of a model fit on every train label, equal
+    to scikit-learn's fit and AP), the report shows it, and resuming the finished run adds nothing."""
+    import pyarrow.parquet as pq
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+
+    from seals_gpu.store import Store
+
+    store = tmp_path / "store"
+    synth = ["store", "synth", store, "--n", 3000, "--dim", 8, "--concepts", 2, "--prevalence", "0.01:0.02"]
+    assert _run(synth, capsys)[0] == 0
+    args = [
+        "run",
+        store,
+        "--out",
+        tmp_path / "r",
+        "--concepts",
+        "0",
+        "--strategies",
+        "maxent",
+        "--modes",
+        "seals",
+    ]
+    args += ["--budget", 200, "--k", 10, "--quiet", "--full-supervision"]
+    code, out, err = _run(args, capsys)
+    assert code == 0, err
+    t = pq.read_table(tmp_path / "r" / "metrics.parquet").to_pydict()
+    full = [i for i, s in enumerate(t["strategy"]) if s == "full"]
+    assert len(full) == 1 and t["mode"][full[0]] == "supervised"
+    s = Store(store)
+    ids, is_test = s.read_split()
+    o = np.argsort(ids)
+    ids, is_test = ids[o], is_test[o]
+    x = s.take(ids).astype(np.float64)
+    y = np.isin(ids, s.concept_positives([0])[0])
+    clf = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(x[~is_test], y[~is_test])
+    ref = average_precision_score(y[is_test], clf.decision_function(x[is_test]))
+    assert abs(t["test_ap"][full[0]] - ref) < 1e-3
+    code, _, _ = _run(args + ["--resume"], capsys)
+    assert code == 0
+    t2 = pq.read_table(tmp_path / "r" / "metrics.parquet").to_pydict()
+    assert t2["strategy"].count("full") == 1
