@@ -68,6 +68,7 @@ class LocalBackend:
         self._log = log
         self._cache_key = cache_key  # with it, a built IVF is kept in (and reused from) the cache folder
         self._subsets: list | None = None
+        self._restricted = False
         self.search_build_seconds = 0.0
         self.device = device
         self.excluded = np.sort(np.asarray(excluded if excluded is not None else [], dtype=np.int64))
@@ -214,6 +215,12 @@ class LocalBackend:
                     sh.index = faiss.index_cpu_to_gpu(res, self.device.torch_device.index or 0, sh.index)
             self._faiss_res = res
             self._faiss_on_gpu = True
+        if not self._restricted:
+            # IVF-PQ shards: search only their train rows (FAISS ID selector), so every query still gets k
+            # train neighbours (the paper's N(z, k)) instead of losing the test ids after the search
+            for sh in self.index.shards:
+                sh.restrict_search(~isin_sorted(sh.ids, self.excluded) if self.excluded.size else None)
+            self._restricted = True
         return self.index.search(xq, k, exclude_ids=exclude_ids)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:

@@ -287,3 +287,34 @@ def test_full_supervision_reference_rows(tmp_path, capsys):
     assert code == 0
     t2 = pq.read_table(tmp_path / "r" / "metrics.parquet").to_pydict()
     assert t2["strategy"].count("full") == 1
+
+
+def test_expand_each_flag_end_to_end(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    synth = ["store", "synth", store, "--n", 3000, "--dim", 8, "--concepts", 2, "--prevalence", "0.01:0.02"]
+    assert _run(synth, capsys)[0] == 0
+    common = ["--concepts", "0", "--strategies", "maxent,random", "--modes", "seals", "--budget", 300]
+    common += ["--k", 10, "--quiet"]
+    assert _run(["run", store, "--out", tmp_path / "b"] + common, capsys)[0] == 0
+    code, _, err = _run(["run", store, "--out", tmp_path / "e", "--expand", "each"] + common, capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "e" / "config.json").read_text())["expand"] == "each"
+    a = pq.read_table(tmp_path / "b" / "selections.parquet").to_pydict()
+    e = pq.read_table(tmp_path / "e" / "selections.parquet").to_pydict()
+    assert len(a["id"]) == len(e["id"]) == 2 * 300 and a["id"] != e["id"]
+    bad = [
+        "run",
+        store,
+        "--out",
+        tmp_path / "x",
+        "--expand",
+        "each",
+        "--concepts",
+        "0",
+        "--strategies",
+        "id-knn",
+    ]
+    code, _, err = _run(bad + ["--modes", "seals", "--budget", 300, "--k", 10, "--quiet"], capsys)
+    assert code == 2 and "--expand each" in err and not (tmp_path / "x").exists()

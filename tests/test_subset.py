@@ -133,3 +133,27 @@ def test_planner_decisions():
         plan_search(
             requested="auto", n_train=10, concepts_with_seals=1, seals_units=1, **{**kw, "recall": 0.0}
         )
+
+
+def test_ivfpq_index_search_returns_k_train_neighbours(tmp_path):
+    """With an IVF-PQ --index, neighbours are searched among the train rows inside FAISS (an ID selector):
+    every query gets k train neighbours, none from the test split, with recall against exact train-only
+    search as the index's own recall."""
+    from seals_gpu.backend import LocalBackend
+    from seals_gpu.device import resolve_device
+    from seals_gpu.index import IndexSpec, build_index
+    from seals_gpu.store import write_store
+
+    ids, x, labels = clustered(6000, 16, seed=4)
+    store = write_store(tmp_path / "s", ids, x, labels=labels)
+    idx = build_index(store, tmp_path / "i", IndexSpec(kind="ivfpq", nlist=32, pq_m=4, nprobe=16))
+    all_ids, is_test = store.read_split()
+    test = np.sort(all_ids[is_test])
+    cpu = resolve_device("cpu")
+    q = np.sort(all_ids[~is_test])[::50]
+    xq = idx.vectors(q)
+    D, I = LocalBackend(idx, cpu, excluded=test, search_method="index").search(xq, 20, q)
+    assert (I >= 0).all() and not np.isin(I, test).any()
+    _, I0 = LocalBackend(idx, cpu, excluded=test, search_method="flat").search(xq, 20, q)
+    recall = np.mean([np.intersect1d(a, b).size / 20 for a, b in zip(I, I0, strict=True)])
+    assert recall >= 0.9, recall

@@ -132,6 +132,7 @@ class IndexShard:
         self.kind = kind
         self.index = faiss_index
         self.params = params or SearchParams()
+        self._search_rows: tuple | None = None  # (faiss IDSelector, its bitmap) from restrict_search()
         if faiss_index is not None:
             faiss_index.nprobe = self.params.nprobe
 
@@ -315,7 +316,11 @@ class IndexShard:
         else:
             kc = min(self.ntotal, max(k + extra, self.params.rerank * (k + extra)))
             self.index.nprobe = self.params.nprobe
-            _, pos = self.index.search(xq, kc)
+            if self._search_rows is not None:  # only the allowed rows (the train split) can be returned
+                params = faiss.SearchParametersIVF(nprobe=self.params.nprobe, sel=self._search_rows[0])
+                _, pos = self.index.search(xq, kc, params=params)
+            else:
+                _, pos = self.index.search(xq, kc)
         pos = np.asarray(pos, dtype=np.int64)
         sims = exact_scores(xq, self.vectors, pos)
         gids = np.where(pos >= 0, self.ids[np.maximum(pos, 0)], -1)
@@ -324,6 +329,19 @@ class IndexShard:
         from .merge import sort_neighbors
 
         return sort_neighbors(sims, gids, k)
+
+    def restrict_search(self, allowed: np.ndarray | None) -> None:
+        """IVF-PQ: return only rows where ``allowed`` (bool per row, e.g. the train split) is true, inside
+        FAISS's search (an ID selector), so a query still gets ``k`` allowed neighbours. ``None`` lifts it."""
+        if allowed is None or self.index is None:
+            self._search_rows = None
+            return
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (self.ntotal,):
+            raise IndexError_(f"allowed rows must have shape ({self.ntotal},), got {allowed.shape}")
+        bits = np.packbits(allowed, bitorder="little")
+        sel = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bits))
+        self._search_rows = (sel, bits)  # keep the bitmap alive as long as the selector
 
     def iter_vectors(self, block_rows: int = 262_144):
         """Stream ``(ids, vectors)`` blocks of this shard (for All-mode scoring)."""
