@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS ?= cpu,dist,text,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all test-gpu gpu-check demo bench lint format clean
+.PHONY: setup test test-all test-gpu gpu-check gpu-wheels demo bench lint format clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ test-gpu: setup
 # package with --no-deps, and wheels carried in gpu_wheels/). See benchmarks/gpu_check.py.
 gpu-check:
 	python3 benchmarks/gpu_check.py --out gpu_check_out
+
+# On a machine with network, before the GPU session: the wheels gpu-check installs offline there (FAISS's
+# CPU build for python 3.12: the GPU image has none; 18 MB, an abi3 wheel). Carry gpu_wheels/ to the machine.
+gpu-wheels: setup
+	$(PIP) download "faiss-cpu>=1.8,<2" --only-binary=:all: --no-deps --python-version 3.12 \
+	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d gpu_wheels
 
 demo: setup
 	$(VENV)/bin/seals-gpu demo --out demo_out

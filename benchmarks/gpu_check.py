@@ -10,9 +10,9 @@ Steps, in order (the limits add up to 7.5 minutes; ``--budget`` scales them):
 
 1. ``env``       nvidia-smi, python/torch/CUDA/CuPy/FAISS versions, torch.cuda.is_available().
 2. ``install``   ``pip install --no-deps --no-index --no-build-isolation -e .`` (the image's packages stay
-                 as they are), after any wheels in ``--wheels DIR`` (for example a ``faiss-cpu`` cp312 wheel
-                 carried to the machine: ``pip download faiss-cpu --only-binary=:all: --no-deps
-                 --python-version 3.12 -d gpu_wheels``).
+                 as they are), after any wheels in ``--wheels DIR`` (``make gpu-wheels`` fetches FAISS's CPU
+                 wheel for python 3.12 on a machine with network; carry ``gpu_wheels/``). If pip cannot
+                 install the package, a PYTHONPATH overlay maps it for the steps that follow.
 3. ``pytest``    ``pytest -m gpu``: every kernel against its torch reference on fresh random inputs, the
                  learner and search on CUDA against CPU.
 4. ``kernels``   ``bench_kernels.py --d 128`` in fp16 and fp32: the fused score+select kernel over 1e5..1e8
@@ -128,8 +128,10 @@ def _steps(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     return steps
 
 
-def _install(args: argparse.Namespace, log) -> tuple[str, str]:
-    """Carried wheels first, then the package itself, all offline and without dependencies."""
+def _install(args: argparse.Namespace, log, out: Path) -> tuple[str, str, str | None]:
+    """Carried wheels first, then the package itself, all offline and without dependencies. When pip cannot
+    install it (no setuptools in the image, say), an overlay folder that maps ``seals_gpu`` and its
+    ``seals_gpu.kernels`` (the top-level ``kernels/``) is put on PYTHONPATH instead: returned third."""
     py = sys.executable
     notes = []
     if args.wheels and Path(args.wheels).is_dir():
@@ -148,8 +150,19 @@ def _install(args: argparse.Namespace, log) -> tuple[str, str]:
         text=True,
     )
     log(r.stdout + r.stderr)
-    notes.append(f"package: {'ok' if r.returncode == 0 else 'failed'}")
-    return ("ok" if r.returncode == 0 else "failed"), "; ".join(notes)
+    if r.returncode == 0:
+        notes.append("package: ok")
+        return "ok", "; ".join(notes), None
+    overlay = out / "_overlay" / "seals_gpu"
+    overlay.mkdir(parents=True, exist_ok=True)
+    for item in (ROOT / "seals_gpu").iterdir():
+        link = overlay / item.name
+        if not link.exists():
+            link.symlink_to(item)
+    if not (overlay / "kernels").exists():
+        (overlay / "kernels").symlink_to(ROOT / "kernels")
+    notes.append("package: pip failed, using a PYTHONPATH overlay")
+    return "ok", "; ".join(notes), str(overlay.parent)
 
 
 def env_report(path: Path) -> int:
@@ -440,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         log(f"\n===== {s['name']} (limit {s['limit']} s) =====")
         if s["name"] == "install":
-            status, note = _install(args, log)
+            status, note, path = _install(args, log, out)
+            if path:
+                env["PYTHONPATH"] = path + os.pathsep + env.get("PYTHONPATH", "")
         else:
             log("$ " + " ".join(s["cmd"]))
             try:
