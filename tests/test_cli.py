@@ -16,6 +16,12 @@ def _run(args, capsys):
     return code, out, err
 
 
+def _small_store(store, capsys) -> None:
+    """3,000 x 8 synthetic rows, 2 concepts at 1-2% (enough positives for 5-positive seed sets)."""
+    synth = ["store", "synth", store, "--n", 3000, "--dim", 8, "--concepts", 2, "--prevalence", "0.01:0.02"]
+    assert _run(synth, capsys)[0] == 0
+
+
 def test_store_index_end_to_end(tmp_path, capsys):
     store, idx = tmp_path / "store", tmp_path / "idx"
     code, out, _ = _run(
@@ -152,8 +158,7 @@ def test_a_second_run_reuses_the_cached_search_index(tmp_path, capsys, monkeypat
     cache = tmp_path / "cache"
     monkeypatch.setenv("SEALS_GPU_CACHE", str(cache))
     store = tmp_path / "store"
-    synth = ["store", "synth", store, "--n", 3000, "--dim", 8, "--concepts", 2, "--prevalence", "0.01:0.02"]
-    assert _run(synth, capsys)[0] == 0
+    _small_store(store, capsys)
 
     def run(name, budget, *extra):
         args = ["run", store, "--out", tmp_path / name, "--concepts", "0,1", "--strategies", "maxent"]
@@ -209,13 +214,7 @@ def test_class_weight_flag_end_to_end(tmp_path, capsys):
     import pyarrow.parquet as pq
 
     store = tmp_path / "store"
-    assert (
-        _run(
-            ["store", "synth", store, "--n", 3000, "--dim", 8, "--concepts", 2, "--prevalence", "0.01:0.02"],
-            capsys,
-        )[0]
-        == 0
-    )
+    _small_store(store, capsys)
     common = [
         "--concepts",
         "0",
@@ -254,8 +253,7 @@ def test_full_supervision_reference_rows(tmp_path, capsys):
     from seals_gpu.store import Store
 
     store = tmp_path / "store"
-    synth = ["store", "synth", store, "--n", 3000, "--dim", 8, "--concepts", 2, "--prevalence", "0.01:0.02"]
-    assert _run(synth, capsys)[0] == 0
+    _small_store(store, capsys)
     args = [
         "run",
         store,
@@ -293,8 +291,7 @@ def test_expand_each_flag_end_to_end(tmp_path, capsys):
     import pyarrow.parquet as pq
 
     store = tmp_path / "store"
-    synth = ["store", "synth", store, "--n", 3000, "--dim", 8, "--concepts", 2, "--prevalence", "0.01:0.02"]
-    assert _run(synth, capsys)[0] == 0
+    _small_store(store, capsys)
     common = ["--concepts", "0", "--strategies", "maxent,random", "--modes", "seals", "--budget", 300]
     common += ["--k", 10, "--quiet"]
     assert _run(["run", store, "--out", tmp_path / "b"] + common, capsys)[0] == 0
