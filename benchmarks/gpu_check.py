@@ -49,83 +49,83 @@ ROOT = HERE.parent
 
 
 def _steps(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
-    """The plan: name, command, time limit (seconds), whether it needs a GPU to mean anything."""
+    """The plan, one row per step: name, limit (seconds), command, and its extra arguments for the dry run
+    (CPU, toy sizes) and for the GPU. ``me`` is this script's own single-purpose modes."""
     py = sys.executable
     dry = args.dry_run
     dev = "cpu" if dry else "cuda"
-    steps: list[dict[str, Any]] = [
-        {
-            "name": "env",
-            "cmd": [py, str(HERE / "gpu_check.py"), "--env-report", str(out / "env.json")],
-            "limit": 20,
-        },
+    me = [py, str(HERE / "gpu_check.py")]
+    plan: list[tuple[str, int, list[str] | None, list[str], list[str]]] = [
+        ("env", 20, [*me, "--env-report", str(out / "env.json")], [], []),
+        ("install", 45, None, [], []),
+        (
+            "pytest",
+            60,
+            [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")],
+            [],
+            [],
+        ),
     ]
-    if not dry:
-        steps.append({"name": "install", "cmd": None, "limit": 45})
-    steps += [
-        {
-            "name": "pytest",
-            "cmd": [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")],
-            "limit": 60,
-        },
-        {
-            "name": "kernels_fp16",
-            "cmd": [py, str(HERE / "bench_kernels.py"), "--dtype", "fp16", "--d", "128"]
-            + ["--out", str(out / "kernels_fp16.json")]
-            + (["--quick"] if dry else []),
-            "limit": 50,
-        },
-        {
-            "name": "kernels_fp32",
-            "cmd": [py, str(HERE / "bench_kernels.py"), "--dtype", "fp32", "--d", "128"]
-            + ["--out", str(out / "kernels_fp32.json")]
-            + (["--quick"] if dry else []),
-            "limit": 40,
-        },
-        {
-            "name": "learner",
-            "cmd": [py, str(HERE / "gpu_check.py"), "--learner", str(out / "learner.json"), "--device", dev]
-            + (["--units", "8", "--labels", "300", "--dim", "32"] if dry else []),
-            "limit": 40,
-        },
-        {
-            "name": "latency",
-            "cmd": [py, str(HERE / "bench_latency.py"), "--device", dev, "--out", str(out / "latency.json")]
-            + (
-                ["--sizes", "20000", "--concepts", "1,4"]
-                if dry
-                else ["--sizes", "1e6,1e7", "--concepts", "100,256"]
-            ),
-            "limit": 60,
-        },
-        {
-            "name": "round",
-            "cmd": [py, str(HERE / "gpu_check.py"), "--round", str(out / "round.json"), "--device", dev]
-            + (
-                ["--rows", "50000", "--concepts", "2,4"]
-                if dry
-                else ["--rows", "100000000", "--concepts", "100,256"]
-            ),
-            "limit": 60,
-        },
-        {
-            "name": "search",
-            "cmd": [py, str(HERE / "gpu_check.py"), "--search-qps", str(out / "search.json"), "--device", dev]
-            + (["--rows", "20000"] if dry else ["--rows", "10000000"]),
-            "limit": 30,
-        },
-        {
-            "name": "quick",
-            "cmd": [py, str(HERE / "bench_learner.py"), "--quick", "--dims", "64", "--labels", "100"]
-            + ["--out", str(out / "quick_learner.json")]
-            if dry  # the dry run stays inside --out
+    for dtype, limit in (("fp16", 50), ("fp32", 40)):
+        kernels = [py, str(HERE / "bench_kernels.py"), "--dtype", dtype, "--d", "128"]
+        plan.append(
+            (
+                f"kernels_{dtype}",
+                limit,
+                [*kernels, "--out", str(out / f"kernels_{dtype}.json")],
+                ["--quick"],
+                [],
+            )
+        )
+    plan += [
+        (
+            "learner",
+            40,
+            [*me, "--learner", str(out / "learner.json"), "--device", dev],
+            ["--units", "8", "--labels", "300", "--dim", "32"],
+            [],
+        ),
+        (
+            "latency",
+            60,
+            [py, str(HERE / "bench_latency.py"), "--device", dev, "--out", str(out / "latency.json")],
+            ["--sizes", "20000", "--concepts", "1,4"],
+            ["--sizes", "1e6,1e7", "--concepts", "100,256"],
+        ),
+        (
+            "round",
+            60,
+            [*me, "--round", str(out / "round.json"), "--device", dev],
+            ["--rows", "50000", "--concepts", "2,4"],
+            ["--rows", "100000000", "--concepts", "100,256"],
+        ),
+        (
+            "search",
+            30,
+            [*me, "--search-qps", str(out / "search.json"), "--device", dev],
+            ["--rows", "20000"],
+            ["--rows", "10000000"],
+        ),
+        # the dry run's quick step stays inside --out (run_quick writes to benchmarks/out)
+        (
+            "quick",
+            45,
+            [py, str(HERE / "bench_learner.py")]
+            if dry
             else [py, str(HERE / "run_quick.py"), "--device", dev],
-            "limit": 45,
-        },
+            ["--quick", "--dims", "64", "--labels", "100", "--out", str(out / "quick_learner.json")],
+            [],
+        ),
     ]
-    for s in steps:
-        s["limit"] = max(5, int(s["limit"] * args.budget))
-    return steps
+    return [
+        {
+            "name": name,
+            "cmd": None if cmd is None else cmd + (dry_args if dry else gpu_args),
+            "limit": max(5, int(limit * args.budget)),
+        }
+        for name, limit, cmd, dry_args, gpu_args in plan
+        if not (dry and name == "install")
+    ]
 
 
 def _install(args: argparse.Namespace, log, out: Path) -> tuple[str, str, str | None]:

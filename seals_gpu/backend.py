@@ -76,7 +76,7 @@ class LocalBackend:
         self.scoring_backend = scoring_backend
         self._emb: list[torch.Tensor | None] = [None] * len(index.shards)
         self._cand_sum: tuple[np.ndarray, int] | None = None
-        self._cand_blocks: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._train: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # shard -> its train rows, when kept
         self._gpu_search: list | None = None
         self._faiss_on_gpu = False
         self._faiss_res = None
@@ -109,10 +109,8 @@ class LocalBackend:
 
             t0 = time.perf_counter()
             subs = []
-            for s_i, sh in enumerate(self.index.shards):
-                keep = ~isin_sorted(sh.ids, self.excluded)
-                ids = sh.ids[keep]
-                vec = np.ascontiguousarray(np.asarray(sh.vectors)[keep], dtype=np.float32)
+            for s_i in range(len(self.index.shards)):
+                ids, vec = self._train_rows(s_i)
                 if self.search_method == "ivf" and ids.size:
                     sub = self._ivf(s_i, ids, vec)
                 else:
@@ -126,6 +124,28 @@ class LocalBackend:
                     f"(built in {time.perf_counter() - t0:.1f} s)"
                 )
         return self._subsets
+
+    @property
+    def _keep_train_rows(self) -> bool:
+        """Whether the filtered train rows are kept in memory (see ``CANDIDATE_CACHE_BYTES``)."""
+        return self.index.ntotal * self.dim * 4 <= CANDIDATE_CACHE_BYTES
+
+    def _train_mask(self, s: int) -> np.ndarray:
+        """Which rows of shard ``s`` are train rows (everything but ``excluded``, the test split)."""
+        return ~isin_sorted(self.index.shards[s].ids, self.excluded)
+
+    def _train_rows(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shard ``s``'s train rows as ``(ids, contiguous float32 vectors)``: one filtered copy, kept and
+        shared by the search structures and All mode when every shard's rows fit ``CANDIDATE_CACHE_BYTES``,
+        else made afresh on each call."""
+        if s in self._train:
+            return self._train[s]
+        sh = self.index.shards[s]
+        keep = self._train_mask(s)
+        rows = (sh.ids[keep], np.ascontiguousarray(np.asarray(sh.vectors)[keep], dtype=np.float32))
+        if self._keep_train_rows:
+            self._train[s] = rows
+        return rows
 
     def _ivf(self, shard: int, ids: np.ndarray, vec: np.ndarray):
         """Shard ``shard``'s IVF over its train rows: from the cache when an earlier run built the same one,
@@ -202,7 +222,7 @@ class LocalBackend:
                         dtype=torch.float32,
                     )
                     for s, sh in enumerate(self.index.shards)
-                    for keep in [~isin_sorted(sh.ids, self.excluded)]  # train rows only
+                    for keep in [self._train_mask(s)]  # train rows only
                 ]
             parts = [t.search(xq, k, exclude_ids=exclude_ids) for t in self._gpu_search]
             return parts[0] if len(parts) == 1 else merge_neighbors(parts, k)
@@ -218,8 +238,8 @@ class LocalBackend:
         if not self._restricted:
             # IVF-PQ shards: search only their train rows (FAISS ID selector), so every query still gets k
             # train neighbours (the paper's N(z, k)) instead of losing the test ids after the search
-            for sh in self.index.shards:
-                sh.restrict_search(~isin_sorted(sh.ids, self.excluded) if self.excluded.size else None)
+            for s, sh in enumerate(self.index.shards):
+                sh.restrict_search(self._train_mask(s) if self.excluded.size else None)
             self._restricted = True
         return self.index.search(xq, k, exclude_ids=exclude_ids)
 
@@ -255,24 +275,20 @@ class LocalBackend:
         return self.candidate_sum()[1]
 
     def _candidate_blocks_np(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The train rows in blocks (All mode streams them every round). When they are small enough
-        (``CANDIDATE_CACHE_BYTES``) the filtered blocks are kept, so later rounds skip the filtering copy."""
-        if self._cand_blocks is not None:
-            yield from self._cand_blocks
+        """The train rows in blocks (All mode streams them every round): views of the kept train rows when
+        they fit in memory (no filtering copy per round), else filtered block by block from the shards."""
+        if self._keep_train_rows:
+            for s in range(len(self.index.shards)):
+                ids, x = self._train_rows(s)
+                for b in range(0, ids.size, self.block_rows):
+                    yield ids[b : b + self.block_rows], x[b : b + self.block_rows]
             return
-        keep_all = self.index.ntotal * self.dim * 4 <= CANDIDATE_CACHE_BYTES
-        kept = []
         for ids, x in self.index.iter_vectors(self.block_rows):
             keep = ~isin_sorted(ids, self.excluded)
             if not keep.all():
                 ids, x = ids[keep], x[keep]
             if ids.size:
-                if keep_all:
-                    x = np.ascontiguousarray(x)
-                    kept.append((ids, x))
                 yield ids, x
-        if keep_all:
-            self._cand_blocks = kept
 
     # ------------------------------------------------------------------ scoring
     def score_pool(

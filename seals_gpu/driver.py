@@ -106,7 +106,6 @@ class Run:
         cache: bool = True,
     ):
         self.config = config
-        self.use_cache = cache
         self.out = Path(out)
         self.store = store
         self.device = device or resolve_device("auto")
@@ -134,8 +133,11 @@ class Run:
             graph=graph is not None,
             index_kind=None if backend is not None else (index.kind if index is not None else "flat"),
         )
+        # what a cached search structure depends on (None: caching off, or a backend this run did not build)
+        self.cache_key: dict[str, Any] | None = None
         if backend is None:
             index = index if index is not None else LocalIndex.in_memory(store)
+            self.cache_key = self._search_cache_key(index) if cache else None
             backend = LocalBackend(
                 index,
                 self.device,
@@ -143,7 +145,7 @@ class Run:
                 search_method=self.plan.method if self.plan.method in ("flat", "ivf", "index") else "flat",
                 search_recall=config.search_recall,
                 search_k=config.k,
-                cache_key=self._cache_key(index) if cache else None,
+                cache_key=self.cache_key,
                 log=log,
             )
         self.backend = backend
@@ -194,7 +196,7 @@ class Run:
                     "(NaN, left out of the means); its recall is still measured. Pick another concept for AP"
                 )
 
-    def _cache_key(self, index: LocalIndex) -> dict[str, Any]:
+    def _search_cache_key(self, index: LocalIndex) -> dict[str, Any]:
         """What a cached search structure for this run depends on (see :mod:`seals_gpu.cache`)."""
         from .cache import ids_digest
 
@@ -213,8 +215,8 @@ class Run:
         from . import cache
 
         key = None
-        if self.use_cache and hasattr(self.backend, "_cache_key") and self.backend._cache_key is not None:
-            key = {**self.backend._cache_key, "k": self.config.k, "recall": self.config.search_recall}
+        if self.cache_key is not None:
+            key = {**self.cache_key, "k": self.config.k, "recall": self.config.search_recall}
             hit = cache.load("neighbors", key)
             if hit is not None and np.array_equal(hit.get("ids"), self.train_ids):
                 I = hit["I"]
@@ -332,13 +334,13 @@ class Run:
                 self._test_x.dtype
             )
             logits_np = logits.float().cpu().numpy()
-        # every unit's AP at once (one multi-threaded sort per chunk of units), equal to average_precision
+        # every unit's AP at once, in chunks of 64 units (metrics.ap_rows: equal to average_precision)
         aps: list[float] = []
         for s in range(0, len(self.units), 64):
             chunk = self.units[s : s + 64]
             y = torch.from_numpy(np.stack([self._test_y[u.concept] for u in chunk]))  # bool
             scores = torch.from_numpy(np.ascontiguousarray(logits_np[:, s : s + len(chunk)].T))
-            aps.extend(ap_rows(y, scores).tolist())  # float32 logits sort as they are
+            aps.extend(ap_rows(y, scores).tolist())
         return aps
 
     # ------------------------------------------------------------------ selection
@@ -415,9 +417,9 @@ class Run:
             _, z_id = heapq.heappop(heap)
             picks.append(z_id)
             _, I = self.neighbors(np.array([z_id], dtype=np.int64))
-            new = [int(i) for i in I[0] if i >= 0 and int(i) not in seen and int(i) not in labeled]
-            seen.update(new)
-            arr = np.asarray(sorted(set(new)), dtype=np.int64)
+            arr = np.asarray([i for i in I[0].tolist() if i >= 0 and i not in seen and i not in labeled])
+            arr = arr.astype(np.int64)
+            seen.update(arr.tolist())
             for s, i in zip(scores(arr), arr.tolist(), strict=True):
                 heapq.heappush(heap, (-float(s), i))
         return np.asarray(picks, dtype=np.int64)

@@ -787,6 +787,11 @@ def _lbfgs_run(
         np.add(q, 1.0, out=q)
         np.reciprocal(q, out=q)
 
+    def forget() -> None:
+        # Drop the curvature pairs (after a step that did not descend): the next direction is -g.
+        for a in (SY, Rinv, YY, Dg):
+            a.fill(0.0)
+
     def logits() -> float:
         np.copyto(v_x, w, casting="same_kind")
         dot(X, v_x, out=n_x)
@@ -844,10 +849,7 @@ def _lbfgs_run(
             # fails, this is the floor of what the float arithmetic can resolve.
             if npairs:
                 npairs = slot = 0
-                SY.fill(0.0)
-                Rinv.fill(0.0)
-                YY.fill(0.0)
-                Dg.fill(0.0)
+                forget()
                 continue
             return it, False
         db = float(dirn[d])
@@ -903,10 +905,7 @@ def _lbfgs_run(
                 sigmoid(z)  # restore q = sigmoid(z) at the unchanged point
                 if npairs:
                     npairs = slot = 0
-                    SY.fill(0.0)
-                    Rinv.fill(0.0)
-                    YY.fill(0.0)
-                    Dg.fill(0.0)
+                    forget()
                     continue
                 return it, False
         # Accept the step: theta += t dirn, z = zt (incrementally updated logits).
