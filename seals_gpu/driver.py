@@ -34,7 +34,7 @@ from .device import DeviceChoice, resolve_device
 from .errors import ConfigError, SealsError
 from .index.build import LocalIndex
 from .learner import LogisticModel, fit_logistic, fit_logistic_units
-from .metrics import ap_rows
+from .metrics import ap_positives
 from .oracle import Oracle, SimulatedOracle
 from .planner import SearchPlan, plan_search
 from .pool import CandidatePool, NeighborCache, isin_sorted, sorted_unique, to_csr
@@ -53,9 +53,8 @@ from .store import Store
 from .strategies import binary_entropy, random_scores, select_topk_segmented
 
 KERNEL_KIND = {"maxent": 0, "mlp": 1, "id": 2}
-TEST_CACHE_BYTES = (
-    64 << 20
-)  # test-split vectors up to this size stay on the device; larger ones stream each round
+TEST_CACHE_BYTES = 64 << 20  # test-split vectors up to this size stay on the device; larger ones stream
+AP_UNITS = 256  # units whose test logits exist at once (256 x N float32)
 
 
 # ---------------------------------------------------------------------- state
@@ -189,6 +188,7 @@ class Run:
         self._test_y: dict[Any, np.ndarray] = {
             c: isin_sorted(self.test_ids, positives[c]) for c in config.concepts
         }
+        self._test_pos = {c: np.flatnonzero(y) for c, y in self._test_y.items()}
         for c in config.concepts:
             if not self._test_y[c].any():
                 log(
@@ -320,27 +320,24 @@ class Run:
         return time.perf_counter() - t0
 
     def _test_ap(self) -> list[float]:
+        """Every unit's test AP. Logits are computed for ``AP_UNITS`` units at a time, as ``(units, N)`` rows
+        (memory bounded by that block, not by the number of units), and each row's AP by
+        :func:`metrics.ap_positives` from its concept's positive positions."""
         assert self.model is not None
-        if (
-            self.test_ids.size * self.backend.dim * 4 > TEST_CACHE_BYTES
-        ):  # stream: memory must not grow with |U|
-            logits_np = self.backend.logits(self.test_ids, self.model.W, self.model.b)
-        else:
-            if self._test_x is None:
-                self._test_x = torch.from_numpy(self.backend.vectors(self.test_ids)).to(
-                    self.device.torch_device
-                )
-            logits = self._test_x @ self.model.W.to(self._test_x.dtype).T + self.model.b.to(
-                self._test_x.dtype
-            )
-            logits_np = logits.float().cpu().numpy()
-        # every unit's AP at once, in chunks of 64 units (metrics.ap_rows: equal to average_precision)
+        W, bias = self.model.W, self.model.b
+        stream = self.test_ids.size * self.backend.dim * 4 > TEST_CACHE_BYTES  # memory must not grow with N
+        if not stream and self._test_x is None:
+            self._test_x = torch.from_numpy(self.backend.vectors(self.test_ids)).to(self.device.torch_device)
         aps: list[float] = []
-        for s in range(0, len(self.units), 64):
-            chunk = self.units[s : s + 64]
-            y = torch.from_numpy(np.stack([self._test_y[u.concept] for u in chunk]))  # bool
-            scores = torch.from_numpy(np.ascontiguousarray(logits_np[:, s : s + len(chunk)].T))
-            aps.extend(ap_rows(y, scores).tolist())
+        for s in range(0, len(self.units), AP_UNITS):
+            e = min(len(self.units), s + AP_UNITS)
+            if stream:
+                logits = np.ascontiguousarray(self.backend.logits(self.test_ids, W[s:e], bias[s:e]).T)
+            else:
+                x = self._test_x
+                logits = (W[s:e].to(x.dtype) @ x.T + bias[s:e, None].to(x.dtype)).float().cpu().numpy()
+            for j, u in enumerate(self.units[s:e]):
+                aps.append(ap_positives(logits[j], self._test_pos[u.concept]))
         return aps
 
     # ------------------------------------------------------------------ selection

@@ -5,13 +5,12 @@ Inputs may be numpy arrays, lists or torch tensors (moved to the CPU).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["ap_rows", "average_precision", "average_precision_many", "recall"]
+__all__ = ["ap_positives", "ap_rows", "average_precision", "average_precision_many", "recall"]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -96,42 +95,35 @@ def average_precision_many(y_true: Any, scores: Any) -> np.ndarray:
     return ap_rows(torch.from_numpy(y), torch.from_numpy(s))
 
 
-def ap_rows(y: torch.Tensor, s: torch.Tensor) -> np.ndarray:
-    """The vectorised AP of already-checked ``(U, N)`` labels (bool, or 0/1 floats) and finite scores (any
-    float dtype: only their order and ties matter). No validation: callers check.
-
-    Only the positives' ranks matter, so nothing of size N is sorted: with the ``P`` positive scores of a
-    row sorted (``P << N`` for rare concepts), one batched binary search places every score among them,
-    which counts the items scoring at least each positive; then ``AP = (1/P) sum_j TP(>= t_j) / ALL(>= t_j)``
-    over the positives' scores ``t_j`` (tied scores share one threshold, as in scikit-learn). O(N log P)
-    per row instead of a sort's O(N log N): 8x less work at 160k test rows and 250 positives.
-    """
-    U, N = y.shape
-    out = np.full(U, np.nan)
-    if N == 0 or U == 0:
-        return out
-    pos = y if y.dtype == torch.bool else y > 0.5
-    n_pos = pos.sum(dim=1)
-    m = int(n_pos.max())
-    if m == 0:
-        return out
-    s = s.contiguous()
-    # each row's positive scores, ascending, padded with +inf (the padding is past column n_pos)
-    top = torch.topk(torch.where(pos, s, torch.tensor(-math.inf, dtype=s.dtype)), m, dim=1).values
-    thr = torch.where(torch.isneginf(top), torch.tensor(math.inf, dtype=s.dtype), top)
-    thr = torch.sort(thr, dim=1).values
-    # ALL(>= thr[j]) = #{i: s_i >= thr[j]} = #{i: (number of thresholds <= s_i) > j}
-    c = torch.searchsorted(thr, s, right=True)  # (U, N) in [0, m]
-    bins = torch.zeros((U, m + 1), dtype=torch.int64).scatter_add_(1, c, torch.ones_like(c))
-    all_ge = torch.flip(torch.cumsum(torch.flip(bins[:, 1:], [1]), dim=1), [1])  # (U, m): suffix sums
-    # TP(>= thr[j]) = P - #{positives < thr[j]}
-    tp_ge = n_pos[:, None] - torch.searchsorted(thr, thr, right=False)
-    valid = torch.arange(m)[None, :] < n_pos[:, None]
-    prec = torch.where(valid, tp_ge.to(torch.float64) / all_ge.clamp(min=1).to(torch.float64), 0.0)
-    ap = prec.sum(dim=1) / n_pos.clamp(min=1).to(torch.float64)
-    has = (n_pos > 0).numpy()
-    out[has] = torch.clamp(ap, max=1.0).numpy()[has]
+def ap_rows(y: torch.Tensor | np.ndarray, s: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The AP of each row of already-checked ``(U, N)`` labels (bool, or 0/1) and finite scores (any float
+    dtype: only their order and ties matter), by :func:`ap_positives`. No validation: callers check."""
+    y_np, s_np = _to_numpy(y), _to_numpy(s)
+    out = np.full(y_np.shape[0], np.nan)
+    for r in range(y_np.shape[0]):
+        out[r] = ap_positives(s_np[r], np.flatnonzero(y_np[r]))
     return out
+
+
+def ap_positives(scores: np.ndarray, pos: np.ndarray) -> float:
+    """Average precision of one ranking, given its ``(N,)`` finite scores and the positions ``pos`` of its
+    positives. Equal to :func:`average_precision` up to float64 round-off (tied scores form one threshold,
+    as in scikit-learn); NaN without a positive. No validation: callers check.
+
+    Only the positives' ranks matter, and only items scoring at least as high as the lowest positive can
+    precede one, so nothing of size N is sorted: one comparison pass keeps those items (``M``, few when the
+    model ranks well), they are sorted, and each positive's count of items at or above it is one binary
+    search: ``AP = (1/P) sum_j TP(>= t_j) / ALL(>= t_j)`` over the positives' scores ``t_j``. O(N + M log M)
+    instead of a full sort's O(N log N); 160k test rows cost ~0.3 ms when the model ranks well.
+    """
+    P = int(pos.size)
+    if P == 0:
+        return float("nan")
+    t = np.sort(scores[pos])  # ascending positive scores
+    above = np.sort(scores[scores >= t[0]])  # every item that ranks at or above some positive
+    all_ge = above.size - np.searchsorted(above, t, side="left")  # >= P's own count, so >= 1
+    tp_ge = P - np.searchsorted(t, t, side="left")
+    return float(min(1.0, np.sum(tp_ge / all_ge) / P))
 
 
 def recall(n_found: Any, n_total: Any) -> Any:
