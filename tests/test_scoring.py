@@ -449,7 +449,9 @@ def test_score_all_pruning_changes_nothing(seed, with_id, monkeypatch) -> None:
     beta = 1.0 + seed % 3 * 0.5
     if with_id:  # mean-like references: small norms; with the flat unit, one zero (every id score 0)
         W[[2, 4]] *= 4  # rare-concept-like: most items confidently negative
-        ref = torch.randn(U, d, generator=g) * torch.tensor([0.1, 0, 0.3, 0, 0.0 if flat else 1.0, 0])[:, None]
+        ref = (
+            torch.randn(U, d, generator=g) * torch.tensor([0.1, 0, 0.3, 0, 0.0 if flat else 1.0, 0])[:, None]
+        )
     exclude = [np.sort(rng.choice(ids, size=k, replace=False)) for k in (0, 30, 300, 7, 0, 50)]
     calls = []
     real = scoring._sparse_topb
