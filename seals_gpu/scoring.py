@@ -792,15 +792,13 @@ def score_all(
     block with the same order as :func:`score_select` (score desc, id asc), so memory stays bounded by the
     block (split further so that no more than ``max_elems`` scores exist at once), never (N, U).
 
-    Pruning: once a unit holds ``b`` items, only logits that could still beat its b-th score are scored.
-    MaxEnt's score decreases with ``|z|`` and MLP's increases with ``z``, so the b-th score ``s_b`` gives a
-    logit bound (``H(r) = s_b (1 - 1e-4)``, ``sigmoid(z_b) = s_b (1 - 1e-4)``, in float64); ID's score
-    ``H(z) f`` with ``f = max(x . ref, 0)^beta`` is at most ``H(z) f_max`` over the block, so it keeps
-    ``H(r) = s_b (1 - 1e-4) / f_max`` (its ``x . ref`` product is still computed densely: the factor of a
-    kept pair must not depend on what else was kept). The 1e-4 margin is far above the float32 rounding
-    of the scores, so every pruned item scores strictly below ``s_b`` and the result equals the unpruned
-    one. Blocks where more than 1/8 of the (unit, item) pairs survive are scored densely. This skips most
-    of the elementwise work, the exclusion test and the per-block top-b after the first blocks.
+    Pruning (when no unit is kind 2): once a unit holds ``b`` items, only logits that could still beat its
+    b-th score are scored. MaxEnt's score decreases with ``|z|`` and MLP's increases with ``z``, so the
+    b-th score ``s_b`` gives a logit bound (``H(r) = s_b (1 - 1e-4)``, ``sigmoid(z_b) = s_b (1 - 1e-4)``,
+    in float64); the 1e-4 margin is far above the float32 rounding of the scores, so every pruned item
+    scores strictly below ``s_b`` and the result equals the unpruned one. Blocks where more than 1/8 of the
+    (unit, item) pairs survive are scored densely. This skips most of the elementwise work, the exclusion
+    test and the per-block top-b after the first blocks.
 
     Args:
         blocks: iterable of ``(ids (n,) int64, X (n, d) float)`` (torch or numpy), e.g. a store's batches.
@@ -830,9 +828,8 @@ def score_all(
     idx2 = (kind == KIND_ID).nonzero().squeeze(1)
     R2t = ref.to(cdt)[idx2].t().contiguous() if has_id else None  # (d, U2)
     kind_noid = torch.where(kind == KIND_ID, torch.zeros_like(kind), kind)
-    by_abs = (kind_noid == KIND_MAXENT)[:, None]  # maxent and id keep |z| <= r, mlp keeps z >= z_b
-    target: torch.Tensor | None = None  # per-unit score every pruned item must stay below, once known
-    bound: torch.Tensor | None = None  # the logit bound derived from it
+    is_maxent = (kind_noid == KIND_MAXENT)[:, None]
+    bound: torch.Tensor | None = None  # per-unit pruning bound on the logits, once known
     excl = _Exclusion(exclude, U, dev)
     if max_elems is None:
         max_elems = (1 << 24) if dev.type == "cuda" else (1 << 22)
@@ -858,24 +855,21 @@ def score_all(
             Xs = X[s:e].to(cdt)
             ids_s = ids_t[s:e]
             Z = (Xs @ Wt + bc).t()  # (U, n_s) view of the logits
-            # id's density factor, always from this one product (its rounding must not depend on pruning)
-            sim = torch.clamp_min(Xs @ R2t, 0.0).pow(beta).t() if R2t is not None else None  # (U2, n_s)
-            if target is not None and _PRUNE:
-                if bound is None or sim is not None:  # id's bound depends on the block's largest factor
-                    bound = _prune_bound(target, kind, idx2, sim, cdt)
-                keep = torch.where(by_abs, Z.abs() <= bound[:, None], Z >= bound[:, None])
+            if bound is not None and _PRUNE:
+                keep = torch.where(is_maxent, Z.abs() <= bound[:, None], Z >= bound[:, None])
                 if 8 * int(keep.sum()) <= keep.numel():
-                    sparse = _sparse_topb(Z, keep, ids_s, kind_noid, beta, excl, b, idx2, sim)
-                    out = merge_topb(out, sparse, b)
-                    target, bound = _prune_target(out, b), None
+                    out = merge_topb(out, _sparse_topb(Z, keep, ids_s, kind_noid, beta, excl, b), b)
+                    bound = _prune_bound(out, kind_noid, b)
                     continue
             S = strategy_scores(Z, kind_noid[:, None], None, beta).contiguous()
-            if sim is not None:
+            if R2t is not None:
+                sim = torch.clamp_min(Xs @ R2t, 0.0).pow(beta).t()  # (U2, n_s)
                 S[idx2] = S[idx2] * sim
             S = torch.where(torch.isnan(S), torch.full_like(S, _NEG_INF), S) + 0.0
             excl.apply(S, ids_s)
             out = merge_topb(out, _rowwise_topb(S, ids_s, b), b)
-            target, bound = _prune_target(out, b), None
+            if not has_id:
+                bound = _prune_bound(out, kind_noid, b)
     out.scores = out.scores.to(torch.float32)
     return out
 
@@ -885,51 +879,34 @@ _PRUNE_MARGIN = 1e-4  # relative; float32 scores are accurate to ~1e-6 relative
 _PRUNE_MIN_SCORE = 1e-20  # below this (near float32 underflow) no pruning
 
 
-def _prune_target(out: TopB, b: int) -> torch.Tensor:
-    """Per-unit float64 score a pruned item must stay below: ``s_b (1 - margin)``, or NaN for units that do
-    not hold ``b`` items yet or whose b-th score is not a normal positive number (they keep everything)."""
+def _prune_bound(out: TopB, kind: torch.Tensor, b: int) -> torch.Tensor:
+    """Per-unit logit bound: maxent units keep ``|z| <= r``, mlp units keep ``z >= z_b`` (see score_all).
+
+    Units that do not hold ``b`` items yet, or whose b-th score is not a normal positive number, get a
+    bound that keeps everything (+inf for maxent, -inf for mlp); NaN logits are always dropped by the
+    comparisons, which is right only once a unit's b-th score is finite and positive."""
+    dev = out.scores.device
     sb = out.scores[:, b - 1].to(torch.float64)
     ok = (out.counts >= b) & torch.isfinite(sb) & (sb >= _PRUNE_MIN_SCORE)
-    return torch.where(ok, sb * (1.0 - _PRUNE_MARGIN), torch.full_like(sb, math.nan))
-
-
-def _prune_bound(
-    target: torch.Tensor,
-    kind: torch.Tensor,
-    idx2: torch.Tensor,
-    sim: torch.Tensor | None,
-    cdt: torch.dtype,
-) -> torch.Tensor:
-    """Per-unit logit bound from :func:`_prune_target`: maxent and id units keep ``|z| <= r``, mlp units
-    keep ``z >= z_b`` (see score_all). An id unit's target is divided by its largest density factor in
-    the block (``sim``: (U2, n), NaN ignored). Units without a target keep everything (+inf for |z|,
-    -inf for mlp); NaN logits are always dropped by the comparisons, which is right only once a unit's
-    b-th score is finite and positive."""
-    dev = target.device
-    ok = ~torch.isnan(target)
-    t = torch.where(ok, target, torch.full_like(target, 0.5))
-    if sim is not None and idx2.numel():
-        fmax = torch.where(torch.isnan(sim), torch.zeros_like(sim), sim).amax(dim=1).to(torch.float64)
-        t = t.clone()
-        t[idx2] = t[idx2] / fmax  # fmax = 0: every id score in the block is 0 < s_b, r = 0 keeps ~nothing
-    by_abs = kind != KIND_MLP
-    # maxent/id: H is decreasing in |z| from ln 2; bisection for H(r) = t on [0, 200]
-    lo = torch.zeros_like(t)
-    hi = torch.full_like(t, 200.0)
+    target = torch.where(ok, sb * (1.0 - _PRUNE_MARGIN), torch.full_like(sb, 0.5))
+    maxent = kind == KIND_MAXENT
+    # maxent: H is decreasing in |z| from ln 2; bisection for H(r) = target on [0, 200]
+    lo = torch.zeros_like(sb)
+    hi = torch.full_like(sb, 200.0)
     for _ in range(64):
         mid = 0.5 * (lo + hi)
-        above = strategy_scores(mid, KIND_MAXENT) >= t  # float64: the exact maxent score
+        above = strategy_scores(mid, KIND_MAXENT) >= target  # float64: the exact maxent score
         lo = torch.where(above, mid, lo)
         hi = torch.where(above, hi, mid)
     r = hi
-    tm = t.clamp(max=1.0 - 1e-16)
-    zb = torch.log(tm) - torch.log1p(-tm)  # mlp: sigmoid(z_b) = t
-    inf = torch.full_like(t, math.inf)
-    bound = torch.where(by_abs, torch.where(ok, r, inf), torch.where(ok, zb, -inf))
+    zb = torch.log(target) - torch.log1p(-target.clamp(max=1.0 - 1e-16))  # mlp: sigmoid(z_b) = target
+    inf = torch.full_like(sb, math.inf)
+    bound = torch.where(maxent, torch.where(ok, r, inf), torch.where(ok, zb, -inf))
+    cdt = out.scores.dtype
     # round outwards into the compute dtype so the comparison never drops an item inside the exact bound
     bc = bound.to(cdt)
     return torch.where(
-        by_abs,
+        maxent,
         torch.nextafter(bc, torch.full_like(bc, math.inf)),
         torch.nextafter(bc, torch.full_like(bc, -math.inf)),
     ).to(dev)
@@ -943,21 +920,12 @@ def _sparse_topb(
     beta: float,
     excl: _Exclusion,
     b: int,
-    idx2: torch.Tensor | None = None,
-    sim: torch.Tensor | None = None,
 ) -> TopB:
-    """Top-b per unit over the (unit, item) pairs of ``keep`` only (Z, keep: (U, n); ids (n,) ascending).
-    Units ``idx2`` (id) multiply their entropy by their row of ``sim`` ((U2, n) density factors)."""
+    """Top-b per unit over the (unit, item) pairs of ``keep`` only (Z, keep: (U, n); ids (n,) ascending)."""
     U = Z.shape[0]
     dev = Z.device
     u_idx, j_idx = keep.nonzero(as_tuple=True)  # row-major: grouped by unit, items ascending
     sc = strategy_scores(Z[u_idx, j_idx], kind[u_idx], None, beta)
-    if sim is not None and idx2 is not None and idx2.numel():
-        row = torch.full((U,), -1, dtype=torch.int64, device=dev)
-        row[idx2] = torch.arange(idx2.numel(), device=dev)
-        r = row[u_idx]
-        is_id = r >= 0
-        sc = torch.where(is_id, sc * sim[r.clamp(min=0), j_idx], sc)
     sc = torch.where(torch.isnan(sc), torch.full_like(sc, _NEG_INF), sc) + 0.0
     ids_sel = ids[j_idx]
     if excl.active and u_idx.numel():
