@@ -25,6 +25,19 @@ against every shard.)
 
     python benchmarks/scale_model.py --shards 64 --gpus 8
     python benchmarks/scale_model.py --quick                 # model only; measures missing rates small
+
+A second table projects the measured end-to-end ImageNet-like sweep (``bench_sweep.py --experiment imagenet``,
+its JSON and run folder) to other collection sizes on the same machine (``--project-sizes``, default the
+paper's OpenImages 6.8M and 1e9), phase by phase, each phase scaled by what it depends on:
+
+    fixed (per label, not per row)  fit, SEALS select, label, checkpoint, seed, startup, report
+    linear in N                     All select (every train row per unit), record (test AP over the test
+                                    split, 20% of N), load, index build
+    search                          per query ~ sqrt(N) (IVF lists grow like sqrt(N) at fixed nprobe), times
+                                    min(queries, train rows) (every train row's neighbours are precomputed
+                                    when the queries outnumber them)
+
+split into SEALS units and All units by the run's per-unit seconds (metrics.parquet).
 """
 
 from __future__ import annotations
@@ -230,6 +243,68 @@ def round_time(
     return {"fit": fit, "search": search, "select": select}
 
 
+LINEAR = ("record", "load", "index", "full_supervision")  # ~ N (record: the test split's AP)
+FIXED = ("fit", "label", "checkpoint", "seed", "startup", "report", "other")
+
+
+def project_sweep(sweep_path: Path, sizes: list[float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The measured sweep's phases scaled to ``sizes`` (rows: one per size and mode; see the docstring)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    sw = cm.read_json(sweep_path)
+    if sw is None:
+        return [], {}
+    cmd = sw["measurements"][0]["command"].split()
+    run = Path(cmd[cmd.index("--out") + 1])
+    timings = json.loads((run / "timings.json").read_text())
+    ph = timings["phases"]
+    m = pq.read_table(run / "metrics.parquet", columns=["mode", "seconds_select", "seconds_fit"])
+    units = timings["units"]
+    n_units = {
+        md: int(pc.sum(pc.equal(m["mode"], md)).as_py()) // max(1, timings["rounds"] + 1)
+        for md in ("seals", "all")
+    }
+    sel = {
+        md: float(pc.sum(m.filter(pc.equal(m["mode"], md))["seconds_select"]).as_py() or 0.0)
+        for md in n_units
+    }
+    sel_total = sum(sel.values()) or 1.0
+    from seals_gpu.store import Store
+
+    N0 = float(Store(sw["store"]).read_ids().size)
+    train0 = N0 * 0.8
+    queries = sw["summary"]["rounds"] * B * n_units["seals"]
+    rows = []
+    for N in sizes:
+        f = N / N0
+        for mode in ("seals", "all"):
+            share = n_units[mode] / max(units, 1)  # shared phases split by unit count
+            fixed = sum(ph.get(k, 0.0) for k in FIXED) * share
+            linear = sum(ph.get(k, 0.0) for k in LINEAR) * share * f
+            select = ph["select"] * sel[mode] / sel_total * (f if mode == "all" else 1.0)
+            search = 0.0
+            if mode == "seals":
+                q0, q = min(queries, train0), min(queries, N * 0.8)
+                search = ph["search"] * (q / q0) * math.sqrt(f)
+            total = fixed + linear + select + search
+            rows.append(
+                {
+                    "n": N,
+                    "mode": mode,
+                    "units": n_units[mode],
+                    "fixed_s": fixed,
+                    "test_ap_and_load_s": linear,
+                    "select_s": select,
+                    "search_s": search,
+                    "total_s": total,
+                    "total_h": total / 3600,
+                }
+            )
+    src = {"sweep": str(sweep_path), "run": str(run), "measured_wall_s": sw["summary"]["wall_s"], "n0": N0}
+    return rows, src
+
+
 def main(argv: list[str] | None = None) -> int:
     p = cm.make_parser(NAME, __doc__)
     p.add_argument("--shards", type=int, default=64)
@@ -245,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learner-json", type=Path, default=None)
     p.add_argument("--index-json", type=Path, default=None)
     p.add_argument("--rates-json", type=Path, default=None, help="override any rate: {name: value}")
+    p.add_argument(
+        "--sweep-json",
+        type=Path,
+        default=cm.OUT_DIR / "sweep_imagenet450.json",
+        help="a bench_sweep.py --experiment imagenet result to project (skipped when missing)",
+    )
+    p.add_argument("--project-sizes", default="6.8e6,1e9", help="sizes for the sweep projection")
     args = cm.parse(p, argv)
     cm.resolve(args.device)
     t0 = time.perf_counter()
@@ -313,8 +395,19 @@ def main(argv: list[str] | None = None) -> int:
         "vectors_fp16_bytes": {f"{N:g}": N * args.dim * 2 for N in sizes},
         "rates_are": "CPU rates measured on this machine; GPU rates pending (no GPU this session)",
     }
+    proj, proj_src = project_sweep(args.sweep_json, [float(x) for x in args.project_sizes.split(",")])
+    if proj:
+        print()
+        cm.print_table(
+            proj,
+            ["n", "mode", "units", "fixed_s", "test_ap_and_load_s", "select_s", "search_s", "total_h"],
+            title=f"the measured sweep ({proj_src['measured_wall_s']:.0f} s at {proj_src['n0']:,.0f} rows) "
+            "projected on the same machine",
+        )
     print(f"\n(model built in {time.perf_counter() - t0:.1f}s)")
-    cm.write_json(args.out, NAME, args, rows, rates=rates, notes=notes)
+    cm.write_json(
+        args.out, NAME, args, rows, rates=rates, notes=notes, sweep_projection=proj, sweep_source=proj_src
+    )
     return 0
 
 

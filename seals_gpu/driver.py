@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +170,7 @@ class Run:
                 )
             for s in config.strategies:
                 for m in config.modes:
-                    unit = Unit(len(self.units), c, s, m, int(p_train.size))
+                    unit = Unit(len(self.units), c, s, m, int(positives[c].size))
                     if s == "id":
                         unit.ref_sum = np.zeros(store.dim, dtype=np.float64)
                     self.units.append(unit)
@@ -245,8 +247,9 @@ class Run:
             cache.save("neighbors", key, {"ids": self.train_ids, "D": D, "I": I})
 
     def neighbors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest neighbours ``(D (n, k), I (n, k))`` of each id (-inf / -1 padded), from the graph or one
-        batched search for the ids not seen before; cached for the run."""
+        """k nearest neighbours ``(D (n, k), I (n, k))`` of each id (-inf / -1 padded: a slot is a neighbour
+        iff its ``D`` is finite), from the graph or one batched search for the ids not seen before; cached for
+        the run."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
         if self.plan.precompute and self.graph is None and not self._precomputed:
             self._precomputed = True
@@ -268,13 +271,15 @@ class Run:
         if not seals:
             return 0.0
         new_all = np.concatenate(list(seals.values()))
-        _, I_all = self.neighbors(new_all)  # one search (or graph lookup) for every unit's new ids
+        D_all, I_all = self.neighbors(new_all)  # one search (or graph lookup) for every unit's new ids
+        found = np.isfinite(D_all)  # a missing neighbour has D = -inf; every int64 is a legal id
         start = 0
         for u, new in seals.items():
             unit = self.units[u]
-            cand = I_all[start : start + new.size].ravel()
+            rows = slice(start, start + new.size)
+            cand = I_all[rows][found[rows]]
             start += new.size
-            cand = sorted_unique(cand[cand >= 0])  # sorted: the membership tests below are ~6x faster
+            cand = sorted_unique(cand)  # sorted: the membership tests below are ~6x faster
             cand = cand[~isin_sorted(cand, unit.pool.ids)]  # mostly pooled already: filter before the rest
             cand = cand[isin_sorted(cand, self.train_ids)]  # test ids never enter a pool
             added = unit.pool.grow(cand, np.sort(unit.labeled_ids))
@@ -322,22 +327,28 @@ class Run:
     def _test_ap(self) -> list[float]:
         """Every unit's test AP. Logits are computed for ``AP_UNITS`` units at a time, as ``(units, N)`` rows
         (memory bounded by that block, not by the number of units), and each row's AP by
-        :func:`metrics.ap_positives` from its concept's positive positions."""
+        :func:`metrics.ap_positives` from its concept's positive positions, rows spread over the CPU's
+        threads (the sorts release the GIL; each row's AP does not depend on the others)."""
         assert self.model is not None
         W, bias = self.model.W, self.model.b
         stream = self.test_ids.size * self.backend.dim * 4 > TEST_CACHE_BYTES  # memory must not grow with N
         if not stream and self._test_x is None:
             self._test_x = torch.from_numpy(self.backend.vectors(self.test_ids)).to(self.device.torch_device)
         aps: list[float] = []
-        for s in range(0, len(self.units), AP_UNITS):
-            e = min(len(self.units), s + AP_UNITS)
-            if stream:
-                logits = np.ascontiguousarray(self.backend.logits(self.test_ids, W[s:e], bias[s:e]).T)
-            else:
-                x = self._test_x
-                logits = (W[s:e].to(x.dtype) @ x.T + bias[s:e, None].to(x.dtype)).float().cpu().numpy()
-            for j, u in enumerate(self.units[s:e]):
-                aps.append(ap_positives(logits[j], self._test_pos[u.concept]))
+        threads = max(1, torch.get_num_threads())
+        with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
+            for s in range(0, len(self.units), AP_UNITS):
+                e = min(len(self.units), s + AP_UNITS)
+                if stream:
+                    logits = np.ascontiguousarray(self.backend.logits(self.test_ids, W[s:e], bias[s:e]).T)
+                else:
+                    x = self._test_x
+                    logits = (W[s:e].to(x.dtype) @ x.T + bias[s:e, None].to(x.dtype)).float().cpu().numpy()
+                pos = [self._test_pos[u.concept] for u in self.units[s:e]]
+                if pool is None:
+                    aps.extend(ap_positives(logits[j], pos[j]) for j in range(e - s))
+                else:
+                    aps.extend(pool.map(lambda j: ap_positives(logits[j], pos[j]), range(e - s)))  # noqa: B023
         return aps
 
     # ------------------------------------------------------------------ selection
@@ -413,8 +424,9 @@ class Run:
         while heap and len(picks) < b_round:
             _, z_id = heapq.heappop(heap)
             picks.append(z_id)
-            _, I = self.neighbors(np.array([z_id], dtype=np.int64))
-            arr = np.asarray([i for i in I[0].tolist() if i >= 0 and i not in seen and i not in labeled])
+            D, I = self.neighbors(np.array([z_id], dtype=np.int64))
+            nb = I[0][np.isfinite(D[0])].tolist()  # missing slots by similarity (-inf), never by id
+            arr = np.asarray([i for i in nb if i not in seen and i not in labeled])
             arr = arr.astype(np.int64)
             seen.update(arr.tolist())
             for s, i in zip(scores(arr), arr.tolist(), strict=True):
@@ -456,7 +468,7 @@ class Run:
                 p = torch.sigmoid((x @ w + b).double())
                 if u.strategy == "id-knn":  # mean similarity to the k nearest neighbours (0 without any)
                     D, I = self.neighbors(block)
-                    valid = I >= 0
+                    valid = np.isfinite(D)  # a missing neighbour has D = -inf (any int64 is an id)
                     cnt = valid.sum(axis=1)
                     tot = np.where(valid, D, 0.0).astype(np.float64).sum(axis=1)
                     dens_t = torch.from_numpy(np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0))

@@ -105,23 +105,41 @@ def ap_rows(y: torch.Tensor | np.ndarray, s: torch.Tensor | np.ndarray) -> np.nd
     return out
 
 
+# Relative costs (ns per element, measured on x86 with numpy 2) of the two ways to count the items at or above
+# a positive's score: a comparison pass over all N scores, or a share in sorting the items above a cut.
+_NS_COMPARE = 0.1
+_NS_SORT_PER_LEVEL = 1.5
+_SAMPLE = 4096
+
+
 def ap_positives(scores: np.ndarray, pos: np.ndarray) -> float:
     """Average precision of one ranking, given its ``(N,)`` finite scores and the positions ``pos`` of its
     positives. Equal to :func:`average_precision` up to float64 round-off (tied scores form one threshold,
     as in scikit-learn); NaN without a positive. No validation: callers check.
 
-    Only the positives' ranks matter, and only items scoring at least as high as the lowest positive can
-    precede one, so nothing of size N is sorted: one comparison pass keeps those items (``M``, few when the
-    model ranks well), they are sorted, and each positive's count of items at or above it is one binary
-    search: ``AP = (1/P) sum_j TP(>= t_j) / ALL(>= t_j)`` over the positives' scores ``t_j``. O(N + M log M)
-    instead of a full sort's O(N log N); 160k test rows cost ~0.3 ms when the model ranks well.
+    Only the positives' ranks matter: ``AP = (1/P) sum_j TP(>= t_j) / ALL(>= t_j)`` over the positives'
+    scores ``t_j``, so nothing of size N is sorted. A rare concept's positives are mostly near the top and a
+    few lie deep among the negatives; the items scoring at or above a cut ``t_c`` are sorted (one binary
+    search then counts ``ALL`` for every positive above the cut) and each of the few positives below it is
+    counted by one comparison pass over the N scores. The cut is chosen from a strided sample's estimate of
+    how many items lie above each positive, to minimise the work; every count is exact whatever the cut.
+    At 160k test rows: ~0.2-1 ms, against ~8 ms for sorting the items above the lowest positive.
     """
     P = int(pos.size)
     if P == 0:
         return float("nan")
+    N = scores.size
     t = np.sort(scores[pos])  # ascending positive scores
-    above = np.sort(scores[scores >= t[0]])  # every item that ranks at or above some positive
-    all_ge = above.size - np.searchsorted(above, t, side="left")  # >= P's own count, so >= 1
+    stride = max(1, N // _SAMPLE)
+    sample = np.sort(scores[::stride])
+    est = (sample.size - np.searchsorted(sample, t, side="left")) * float(stride)
+    cost = np.arange(P) * (N * _NS_COMPARE) + est * np.log2(est + 2.0) * _NS_SORT_PER_LEVEL
+    c = int(np.argmin(cost))  # positives below index c are counted one pass each
+    all_ge = np.empty(P, dtype=np.int64)
+    for j in range(c):
+        all_ge[j] = np.count_nonzero(scores >= t[j])
+    above = np.sort(scores[scores >= t[c]])
+    all_ge[c:] = above.size - np.searchsorted(above, t[c:], side="left")  # >= each positive's own count
     tp_ge = P - np.searchsorted(t, t, side="left")
     return float(min(1.0, np.sum(tp_ge / all_ge) / P))
 

@@ -123,3 +123,36 @@ def test_ap_rows_equals_scikit_learn_with_ties_and_rare_positives() -> None:
             else:
                 ref = average_precision_score(y[u], s[u].astype(np.float64))
                 assert abs(got[u] - ref) < 1e-12, (trial, u, got[u], ref)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ap_positives_equals_scikit_learn_with_deep_positives(seed) -> None:
+    """Rare positives mostly on top with a few deep among the negatives (the cut between counting passes
+    and the sorted top moves with them), ties included: equal to scikit-learn, whatever the cut."""
+    from seals_gpu import metrics
+    from seals_gpu.metrics import ap_positives
+
+    rng = np.random.default_rng(seed)
+    for trial in range(40):
+        n = int(rng.integers(1, 30_000))
+        s = rng.integers(0, 30, size=n).astype(np.float32) if trial % 4 == 0 else rng.normal(size=n)
+        s = s.astype(np.float32)
+        y = rng.random(n) < rng.uniform(0.001, 0.3)
+        if not y.any():
+            y[rng.integers(n)] = True
+        s[y] += rng.uniform(0, 5)
+        deep = np.flatnonzero(y)[: int(rng.integers(0, 12))]
+        s[deep] -= rng.uniform(0, 8)
+        want = average_precision_score(y, s)
+        assert ap_positives(s, np.flatnonzero(y)) == pytest.approx(want, abs=1e-12)
+    # every cut gives the same counts: force the extremes
+    s = rng.normal(size=5000).astype(np.float32)
+    y = rng.random(5000) < 0.02
+    want = average_precision_score(y, s)
+    for compare, sort in ((1e9, 0.0), (0.0, 1e9)):  # all by sorting / all by comparison passes
+        old = metrics._NS_COMPARE, metrics._NS_SORT_PER_LEVEL
+        metrics._NS_COMPARE, metrics._NS_SORT_PER_LEVEL = compare, sort
+        try:
+            assert ap_positives(s, np.flatnonzero(y)) == pytest.approx(want, abs=1e-12)
+        finally:
+            metrics._NS_COMPARE, metrics._NS_SORT_PER_LEVEL = old
