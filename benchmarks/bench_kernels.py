@@ -121,7 +121,7 @@ def check_correctness(device: torch.device, use_kernel: bool) -> dict[str, Any]:
             )  # fmt: skip
             err = float((s.double() - truth).abs().max())
             assert err < 5e-5, f"{dtype}: kernel scores differ from the float64 reference by {err}"
-            exact = scoring._segmented_topb(s, p["ids"], p["offsets"], b)
+            exact = scoring._select_segments(s, p["ids"], p["offsets"], b)
             assert torch.equal(got.ids, exact.ids), f"{dtype}: kernel selection differs from the reference"
             assert torch.equal(got.counts, exact.counts)
         else:

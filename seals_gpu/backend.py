@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .device import DeviceChoice
+from .errors import IndexError_
 from .index.build import LocalIndex
 from .pool import isin_sorted
 from .scoring import TopB, merge_topb, score_all, score_select
@@ -246,12 +247,21 @@ class LocalBackend:
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         return self.index.vectors(ids)
 
+    def _owners(self, ids: np.ndarray) -> np.ndarray:
+        """The shard owning each id by the index's id ranges; raises naming ids above every range (an id
+        inside a range that its shard does not hold raises in that shard's lookup)."""
+        owner = self.index.shard_of(ids)
+        if ids.size and int(owner.max()) >= len(self.index.shards):
+            bad = ids[owner >= len(self.index.shards)][:5].tolist()
+            raise IndexError_(f"ids {bad} are not in index {self.index.path}; pass ids from its store")
+        return owner
+
     def sum_vectors(self, ids: np.ndarray) -> np.ndarray:
         """float64 sum of the vectors of ``ids``: per shard (in 65,536-id chunks), then the shard sums in
         shard order -- the same order of additions as the Ray backend, so both agree bit for bit."""
         out = np.zeros(self.dim, dtype=np.float64)
         ids = np.asarray(ids, dtype=np.int64)
-        owner = self.index.shard_of(ids)
+        owner = self._owners(ids)
         for sh in np.unique(owner):
             part = np.zeros(self.dim, dtype=np.float64)
             sids = ids[owner == sh]
@@ -304,7 +314,7 @@ class LocalBackend:
     ) -> TopB:
         dev = self.device.torch_device
         result: TopB | None = None
-        owner = self.index.shard_of(ids) if len(self.index.shards) > 1 else np.zeros(ids.size, np.int64)
+        owner = self._owners(ids) if len(self.index.shards) > 1 else np.zeros(ids.size, np.int64)
         for s in range(len(self.index.shards)):
             m = owner == s
             sids, soff = (ids, offsets) if m.all() else sub_csr(ids, offsets, m)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,24 +23,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
-    return v
+INT64_MAX = 2**63 - 1
+MAX_DIM = 65_536  # embedding dimensions above this are not embeddings (and d x d work would not fit)
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
-    return v
+def _int_in(lo: int, hi: int = INT64_MAX) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[lo, hi]`` (every count travels as int64, so never above it)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} must be at least {lo}" if lo else f"{v} must be 0 or more")
+        if v > hi:
+            raise argparse.ArgumentTypeError(f"{v} is too large: at most {hi:,}")
+        return v
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+_positive_int = _int_in(1)
+_nonneg_int = _int_in(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Build a store, index it, run SEALS and the All baseline for many concepts, report.",
     )
     p.add_argument("--version", action="version", version=_version())
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, also print the Python traceback (accepted anywhere on the command line)",
+    )
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND")
 
     # ---------------------------------------------------------------- store
@@ -57,12 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     sy = ss.add_parser("synth", help="a clustered synthetic store with planted rare concepts")
     sy.add_argument("out", type=Path, help="folder to create")
     sy.add_argument("--n", type=_positive_int, default=100_000, help="rows (default 100000)")
-    sy.add_argument("--dim", type=_positive_int, default=128, help="embedding dimension (default 128)")
+    sy.add_argument(
+        "--dim",
+        type=_int_in(1, MAX_DIM),
+        default=128,
+        help=f"embedding dimension (default 128, at most {MAX_DIM})",
+    )
     sy.add_argument("--concepts", type=_nonneg_int, default=50, help="planted concepts (default 50)")
     sy.add_argument(
         "--prevalence", default="0.001:0.01", help="MIN:MAX fraction per concept (default 0.001:0.01)"
     )
-    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--seed", type=_nonneg_int, default=0)
     sy.add_argument("--force", action="store_true", help="replace OUT if it exists")
     wn = ss.add_parser("wordnet", help="the WordNet-nouns store embedded with all-MiniLM-L6-v2")
     wn.add_argument("out", type=Path, help="folder to create")
@@ -105,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--nprobe", type=_positive_int, default=None, help="lists probed per query")
     ib.add_argument(
         "--rerank",
-        type=_positive_int,
+        type=_int_in(1, 1024),
         default=None,
-        help="IVF-PQ fetches RERANK*k candidates and re-ranks them exactly (default 4)",
+        help="IVF-PQ fetches RERANK*k candidates and re-ranks them exactly (default 4, at most 1024)",
     )
     ib.add_argument(
         "--train-size",
@@ -115,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="IVF-PQ training rows sampled from the store (default 64 per list, 65,536 to 262,144)",
     )
-    ib.add_argument("--shards", type=_positive_int, default=1, help="number of shards (default 1)")
+    ib.add_argument(
+        "--shards", type=_int_in(1, 65_536), default=1, help="number of shards (default 1, at most 65536)"
+    )
     ib.add_argument("--ray", action="store_true", help="fill shards in parallel Ray tasks")
     ib.add_argument("--ray-address", default=None, help="join this Ray cluster (else RAY_ADDRESS or local)")
     ib.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -170,7 +189,7 @@ def _add_run_args(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--budget", type=int, default=2000, help="total labels, seed set included (T)")
     pr.add_argument("--seed-positives", type=int, default=5)
     pr.add_argument("--seed-negatives", type=int, default=95)
-    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--seed", type=int, default=0, help="0 to 2**63 - 1 (default 0)")
     pr.add_argument(
         "--C", dest="C", type=float, default=1.0, help="inverse L2 strength of the logistic model"
     )
@@ -236,6 +255,13 @@ def _cmd_store(a: argparse.Namespace) -> int:
     if a.store_cmd == "synth":
         from .synth import make_synthetic_store
 
+        _check_disk(
+            a.out,
+            4 * a.n * a.dim,
+            f"store synth --n {a.n:,} --dim {a.dim}: its embeddings",
+            "lower --n or --dim",
+        )
+
         store = make_synthetic_store(
             a.out,
             n=a.n,
@@ -276,10 +302,37 @@ def _cmd_store(a: argparse.Namespace) -> int:
         return 0
     if a.store_cmd == "validate":
         s = Store(a.store)
-        s.validate()
-        print(f"{a.store}: ok ({s.num_rows} rows x {s.dim}, {len(s.files)} file(s), ids unique, all finite)")
+        rescaled = s.validate()
+        note = (
+            f"; {rescaled:,} row(s) hold values so large or small that their float32 norm overflows or "
+            "underflows: normalisation rescales them exactly first, so they are used as they point"
+            if rescaled
+            else ""
+        )
+        print(
+            f"{a.store}: ok ({s.num_rows} rows x {s.dim}, {len(s.files)} file(s), ids unique, all finite{note})"
+        )
         return 0
     raise AssertionError(a.store_cmd)
+
+
+def _check_disk(out: Path, nbytes: int, what: str, fix: str) -> None:
+    """Refuse an output that cannot fit in the free space where ``out`` would be created."""
+    import shutil
+
+    from .config import fmt_bytes
+
+    anc = Path(os.path.abspath(out))
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    try:
+        free = shutil.disk_usage(anc).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise SealsError(
+            f"{what} take {fmt_bytes(nbytes)}, but {anc} has {fmt_bytes(free)} free; {fix}, or write elsewhere"
+        )
 
 
 def format_store_info(info: dict[str, Any], names: dict[Any, str] | None = None) -> str:
@@ -306,12 +359,15 @@ def format_store_info(info: dict[str, Any], names: dict[Any, str] | None = None)
 
 
 def _cmd_index(a: argparse.Namespace) -> int:
+    from .errors import IndexError_
     from .index import IndexSpec, build_index, open_index
 
     if a.index_cmd == "build":
         from .atomic import check_writable
+        from .index.build import check_index_out
 
         check_writable(a.out)
+        check_index_out(a.out, overwrite=a.force, store_path=a.store)  # before Ray starts or a read
         spec = IndexSpec(
             kind=a.kind,
             nlist=a.nlist,
@@ -339,7 +395,20 @@ def _cmd_index(a: argparse.Namespace) -> int:
         print(json.dumps(open_index(a.index).describe(), indent=2))
         return 0
     if a.index_cmd == "graph":
+        from .config import check_fits_memory
         from .graph import build_graph
+        from .index.build import read_manifest
+
+        ntotal = int(read_manifest(a.index)["ntotal"])
+        if a.k > ntotal:
+            raise IndexError_(f"--k {a.k} is more than the {ntotal:,} items of index {a.index}; lower --k")
+        rows = min(a.part_rows, ntotal)
+        check_fits_memory(
+            12 * rows * a.k,
+            what=f"index graph --k {a.k}: one part's neighbour lists ({rows:,} rows x {a.k:,} neighbours x 12 bytes)",
+            fix="lower --part-rows or --k",
+            error=IndexError_,
+        )
 
         out = build_graph(
             a.index,
@@ -410,27 +479,192 @@ def _check_faiss() -> None:
         )
 
 
+# -------------------------------------------------------------------- the one error boundary
+EXIT_BUG = 1
+
+_ERRNO_FIX = {
+    errno.ENAMETOOLONG: "use a shorter path (at most 255 bytes per name and 4096 in all)",
+    errno.EACCES: "pick a path you may read and write, or change its permissions",
+    errno.EPERM: "pick a path you may read and write, or change its permissions",
+    errno.ENOSPC: "free some disk space or write somewhere else",
+    errno.EDQUOT: "free some of your disk quota or write somewhere else",
+    errno.EROFS: "that file system is read-only; write somewhere else",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
+    errno.EISDIR: "a folder stands where a file belongs; remove or rename it, or pick another path",
+    errno.ENOENT: "check that the path exists",
+    errno.EEXIST: "remove it or pick another path",
+    errno.ENOTEMPTY: "empty it or pick another path",
+    errno.ELOOP: "a symbolic link loops; pass the real path",
+    errno.EMFILE: "too many files are open; raise the limit (ulimit -n)",
+    errno.EFBIG: "the file system refuses a file that large; write somewhere else",
+    errno.EIO: "the disk reported an I/O error; check it or write somewhere else",
+}
+
+_MEMORY_FIX = {
+    "run": "lower --k, --budget or --batch, or run fewer concepts at once",
+    "store synth": "lower --n or --dim",
+    "store wordnet": "lower --batch-size",
+    "index build": "lower --train-size or --nlist, or use more --shards",
+    "index graph": "lower --k or --part-rows",
+}
+
+
+def _one_line(text: object, limit: int = 400) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _show_path(p: object) -> str:
+    s = os.fsdecode(p) if isinstance(p, (str, bytes, os.PathLike)) else str(p)
+    return s if len(s) <= 160 else f"{s[:80]}...{s[-60:]} ({len(s)} characters)"
+
+
+def _command(args: argparse.Namespace) -> str:
+    sub = getattr(args, "store_cmd", None) or getattr(args, "index_cmd", None)
+    return f"{args.cmd} {sub}" if sub else str(args.cmd)
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        m in text
+        for m in (
+            "out of memory",
+            "can't allocate memory",
+            "Storage size calculation overflowed",
+            "bad_alloc",
+        )
+    )
+
+
+def _report_pointer() -> str:
+    """Where to report a bug: the package's issue URL when its metadata has one."""
+    try:
+        from importlib.metadata import metadata
+
+        for entry in metadata("seals_gpu").get_all("Project-URL") or []:
+            label, _, url = entry.partition(",")
+            if any(w in label.lower() for w in ("issue", "bug", "tracker")):
+                return url.strip()
+    except Exception:  # noqa: BLE001 - no metadata (a source checkout): say it in words
+        pass
+    return "the seals_gpu maintainers (the project's issue tracker)"
+
+
+def describe_error(e: BaseException, args: argparse.Namespace) -> tuple[int, str]:
+    """``(exit code, one line)`` for an exception that ended a command: 2 for bad input and for what the
+    machine cannot do (a path the OS refuses, a size beyond its memory), 1 for a bug."""
+    cmd = _command(args)
+    if isinstance(e, SealsError):
+        return EXIT_USAGE, f"error: {_one_line(e, 2000)}"
+    if _is_out_of_memory(e):
+        fix = _MEMORY_FIX.get(cmd, "try a smaller input")
+        return EXIT_USAGE, f"error: `{cmd}` ran out of memory ({_one_line(e, 200)}); {fix}"
+    if isinstance(e, OSError) and e.errno is not None:
+        what = e.strerror or os.strerror(e.errno)
+        name = errno.errorcode.get(e.errno, str(e.errno))
+        where = f"{_show_path(e.filename)}: " if e.filename is not None else ""
+        if e.filename2 is not None:
+            where = f"{_show_path(e.filename)} -> {_show_path(e.filename2)}: "
+        fix = _ERRNO_FIX.get(e.errno, "check the paths given to this command")
+        return EXIT_USAGE, f"error: {where}{what} ({name}); {fix}"
+    return EXIT_BUG, (
+        f"internal error: {type(e).__name__}: {_one_line(e, 300)} (a bug in seals-gpu, not in your input: "
+        f"please report it to {_report_pointer()} with the output of the same command plus --debug)"
+    )
+
+
+def _end_progress_bars() -> None:
+    """Clear every live progress bar, so that the error line starts a clean line of its own (a bar cut short
+    by an exception would otherwise leave its text in front of it, and print itself again at exit)."""
+    if "tqdm" not in sys.modules:
+        return
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.leave = False
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot clear itself must not hide the error
+            pass
+
+
+def _path_args(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    return [(k, v) for k, v in vars(args).items() if isinstance(v, Path)]
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Every path argument must be one the OS can name: no NUL byte, no name longer than the file system's
+    limit, not longer than PATH_MAX in all. Checked before anything runs, so no command gets halfway."""
+    for _, p in _path_args(args):
+        text = os.fsdecode(p)
+        if "\0" in text:
+            raise SealsError(f"path {text!r} holds a NUL byte; pass a real path")
+        absolute = os.path.abspath(text)
+        name_max, path_max = 255, 4096  # Linux's; the file system's own when it says (looked up without
+        try:  # touching a path that is itself too long)
+            anc = Path(absolute)
+            while anc != anc.parent and (
+                any(len(os.fsencode(n)) > 255 for n in anc.parts) or not os.path.lexists(anc)
+            ):
+                anc = anc.parent
+            if anc.is_dir():
+                name_max = os.pathconf(anc, "PC_NAME_MAX")
+                path_max = os.pathconf(anc, "PC_PATH_MAX")
+        except (OSError, ValueError):
+            pass
+        long_names = [n for n in Path(absolute).parts if len(os.fsencode(n)) > name_max]
+        if long_names:
+            raise SealsError(
+                f"path {_show_path(text)}: the name {_show_path(long_names[0])} is "
+                f"{len(os.fsencode(long_names[0]))} bytes, more than the {name_max} the file system allows; "
+                "use a shorter name"
+            )
+        if len(os.fsencode(absolute)) >= path_max:
+            raise SealsError(
+                f"path {_show_path(text)} is {len(os.fsencode(absolute))} bytes long as an absolute path, more "
+                f"than the {path_max - 1} the OS allows; use a shorter path"
+            )
+
+
+def _pop_debug(argv: list[Any]) -> tuple[list[Any], bool]:
+    """``--debug`` may come anywhere before a ``--``: take it out before argparse sees the command."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    return [a for i, a in enumerate(argv) if i >= end or a != "--debug"], debug
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Whatever goes wrong ends as ONE line on stderr, never a traceback (unless ``--debug``):
+    bad input, a path the OS refuses or a size that does not fit in memory exits 2 with the fix; anything
+    else is a bug, exit 1, with where to report it."""
     _quiet_openmp()
+    argv, debug = _pop_debug(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.cmd in ("index", "run", "demo"):
-        try:
-            _check_faiss()
-        except SealsError as e:
-            print(f"seals-gpu: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
     try:
+        _check_paths(args)
+        if args.cmd in ("index", "run", "demo"):
+            _check_faiss()
         return COMMANDS[args.cmd](args)
-    except SealsError as e:
-        print(f"seals-gpu: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
+        _end_progress_bars()
         print("seals-gpu: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as e:  # noqa: BLE001 - the one boundary: every exception becomes one line
+        _end_progress_bars()
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        code, line = describe_error(e, args)
+        print(f"seals-gpu: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -4,13 +4,45 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+import numpy as np
+
+from .errors import ConfigError, SealsError
 
 VALID_STRATEGIES = ("maxent", "mlp", "id", "id-knn", "id-pairwise", "random")
 VALID_MODES = ("seals", "all")
+INT64_MAX = 2**63 - 1  # ids, counts and seeds travel as int64 (numpy, Parquet, torch)
+
+
+def fmt_bytes(n: float) -> str:
+    """``n`` bytes for a message: ``1.5 GiB``."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB"):
+        if abs(n) < 1024 or unit == "ZiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def machine_memory() -> int:
+    """Physical memory of this machine in bytes (0 when the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def check_fits_memory(nbytes: float, *, what: str, fix: str, error: type[SealsError] = ConfigError) -> None:
+    """Refuse, before anything is allocated or written, a setting whose smallest allocation (``nbytes``, a
+    lower bound of what the command will need) is more than the machine's physical memory."""
+    ram = machine_memory()
+    if ram and nbytes > ram:
+        raise error(
+            f"{what} needs at least {fmt_bytes(nbytes)} of memory, but this machine has {fmt_bytes(ram)}; {fix}"
+        )
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,21 @@ class RunConfig:
                 raise ConfigError(f"unknown mode {m!r}; choose from {', '.join(VALID_MODES)}")
         if not self.modes or len(set(self.modes)) != len(self.modes):
             raise ConfigError(f"modes {list(self.modes)}: give seals, all or both, each once")
+        for name in ("k", "batch", "budget", "seed_positives", "seed_negatives", "seed"):
+            # integers within int64 (numpy and torch overflow past it); the lower bounds follow
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ConfigError(f"--{name.replace('_', '-')} {v!r} must be an integer")
+            if v > INT64_MAX:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} {v} is too large: it must be at most 2**63 - 1"
+                )
+        for name in ("C", "beta", "search_recall"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise ConfigError(f"--{name.replace('_', '-')} {v!r} must be a number")
+        if self.seed < 0:
+            raise ConfigError(f"--seed {self.seed}: the seed must be 0 or more (up to 2**63 - 1)")
         if self.k < 1:
             raise ConfigError(f"--k {self.k}: the number of neighbours must be at least 1")
         if self.batch < 1:
@@ -78,8 +125,8 @@ class RunConfig:
                 f"--budget {self.budget} is below the seed set's {self.seed_size} labels "
                 f"({self.seed_positives} positives + {self.seed_negatives} negatives); raise --budget"
             )
-        if not (self.C > 0):
-            raise ConfigError(f"--C {self.C} must be positive")
+        if not (self.C > 0 and math.isfinite(self.C)):
+            raise ConfigError(f"--C {self.C} must be positive and finite (the default is 1.0)")
         if self.search not in ("auto", "flat", "ivf"):
             raise ConfigError(f"--search {self.search!r}: choose auto, flat or ivf")
         if not (0.0 < self.search_recall <= 1.0):
@@ -97,8 +144,8 @@ class RunConfig:
                 )
         if self.class_weight not in ("none", "balanced"):
             raise ConfigError(f"--class-weight {self.class_weight!r}: choose none or balanced")
-        if not (self.beta >= 0):
-            raise ConfigError(f"--beta {self.beta} must be 0 or more")
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise ConfigError(f"--beta {self.beta} must be 0 or more and finite (the default is 1.0)")
 
     @property
     def seed_size(self) -> int:

@@ -91,14 +91,34 @@ def wordnet_store(log=print) -> Store | None:
     return None
 
 
+DEMO_ENTRIES = (MARKER, "quality", "speed")  # all an earlier demo's --out holds
+
+
 def _prepare_out(out: Path) -> None:
-    """Refuse to touch an ``out`` that is not an earlier demo's; replace one that is."""
+    """Refuse to touch an ``out`` that is not an earlier demo's (or that is, holds or lies inside the data
+    the demo reads); replace one that is."""
+    from .atomic import check_not_input
+
+    check_not_input(
+        out,
+        [("demo data cache", cache_dir()), ("WordNet copy", _shared_copy())],
+        label="--out",
+        error=ConfigError,
+    )
+    if out.is_symlink():
+        raise ConfigError(f"--out {out} is a symbolic link (to {os.readlink(out)}); pass the real folder")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pick another --out")
     if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
+        if not (out / MARKER).is_file():
             raise ConfigError(
                 f"--out {out} exists and is not an earlier demo's output; pick another --out or remove it"
+            )
+        other = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES)
+        if other:
+            raise ConfigError(
+                f"--out {out} is an earlier demo's output but also holds {other[0]}, which the demo did not "
+                "write; move it away or pick another --out"
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

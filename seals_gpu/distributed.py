@@ -674,7 +674,8 @@ class ShardedIndex:
     def search(
         self, xq: np.ndarray, k: int, *, exclude_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by cosine similarity over every shard: ``(D, I)`` (nq, k), -1 padded."""
+        """Top-``k`` by cosine similarity over every shard: ``(D, I)`` (nq, k); a slot is a neighbour iff its
+        ``D`` is finite (missing: ``-inf`` / ``-1``; any int64, -1 included, is a legal id)."""
         ray = _import_ray()
         if k < 1:
             raise IndexError_(f"k={k}; the number of neighbours must be at least 1")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import torch
 
 from .atomic import write_json
 from .backend import LocalBackend
+from .checkpoint import CHECKPOINT, kill_point, restore, write_checkpoint
 from .config import RunConfig
 from .device import DeviceChoice, resolve_device
 from .errors import ConfigError, SealsError
@@ -40,23 +42,49 @@ from .metrics import ap_positives
 from .oracle import Oracle, SimulatedOracle
 from .planner import SearchPlan, plan_search
 from .pool import CandidatePool, NeighborCache, isin_sorted, sorted_unique, to_csr
-from .rundir import (
-    CHECKPOINT,
-    RunDirError,
-    RunLock,
-    check_resume,
-    remove_stale_temporaries,
-    restore,
-    write_checkpoint,
-)
+from .rundir import RunLock, inspect_run_dir, remove_stale_temporaries, run_dir_signature, undo_start
 from .scoring import TopB, strategy_scores
-from .seeds import concept_seed, draw_seed_set
+from .seeds import check_seed_set, concept_seed, draw_seed_set
 from .store import Store
 from .strategies import binary_entropy, random_scores, select_topk_segmented
 
 KERNEL_KIND = {"maxent": 0, "mlp": 1, "id": 2}
 TEST_CACHE_BYTES = 64 << 20  # test-split vectors up to this size stay on the device; larger ones stream
 AP_UNITS = 256  # units whose test logits exist at once (256 x N float32)
+NEIGHBOR_SLOT_BYTES = 12  # one neighbour of one row in the run's table: an int64 id and a float32 similarity
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux ``MemAvailable``); None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_k(config: RunConfig, plan: SearchPlan, n_train: int, *, every_row: bool = False) -> None:
+    """Refuse a ``k`` the run cannot hold, before anything is written: more neighbours than a train row has
+    (the other train rows), or a neighbour table (``NEIGHBOR_SLOT_BYTES`` per slot, a row for every id
+    searched: at most the plan's queries, every train row when it precomputes them or id-knn scores them)
+    larger than the memory available."""
+    k = config.k
+    if k > n_train - 1:
+        raise ConfigError(
+            f"--k {k} is more than the {n_train - 1} neighbours a train row can have (the other train rows); "
+            f"lower --k to at most {max(1, n_train - 1)}"
+        )
+    rows = n_train if (plan.precompute or every_row) else min(max(plan.queries, 1), n_train)
+    need = rows * k * NEIGHBOR_SLOT_BYTES
+    free = available_memory()
+    if free is not None and need > free:
+        raise ConfigError(
+            f"--k {k} needs about {need / 2**30:.1f} GiB for the neighbours of up to {rows:,} rows, more than the "
+            f"{free / 2**30:.1f} GiB of memory available; lower --k"
+        )
 
 
 # ---------------------------------------------------------------------- state
@@ -134,6 +162,14 @@ class Run:
             graph=graph is not None,
             index_kind=None if backend is not None else (index.kind if index is not None else "flat"),
         )
+        n_train = int(self.train_ids.size)
+        if config.budget > n_train:
+            raise ConfigError(
+                f"--budget {config.budget} is more than the {n_train} train rows of {store.path}: no unit can "
+                f"label more than the train split; lower --budget to at most {n_train}"
+            )
+        if n_seals or "id-knn" in config.strategies:
+            check_k(config, self.plan, n_train, every_row="id-knn" in config.strategies)
         # what a cached search structure depends on (None: caching off, or a backend this run did not build)
         self.cache_key: dict[str, Any] | None = None
         if backend is None:
@@ -163,14 +199,10 @@ class Run:
             p_train = positives[c][isin_sorted(positives[c], self.train_ids)]
             if positives[c].size == 0:
                 raise ConfigError(f"concept {c!r} has no positives in {store.path}; check the concept id")
-            if p_train.size < config.seed_positives:
-                raise ConfigError(
-                    f"concept {c!r} has {p_train.size} train positives, fewer than --seed-positives "
-                    f"{config.seed_positives}; lower --seed-positives or choose another concept"
-                )
+            check_seed_set(c, n_train, int(p_train.size), config.seed_positives, config.seed_negatives)
             for s in config.strategies:
                 for m in config.modes:
-                    unit = Unit(len(self.units), c, s, m, int(positives[c].size))
+                    unit = Unit(len(self.units), c, s, m, int(p_train.size))
                     if s == "id":
                         unit.ref_sum = np.zeros(store.dim, dtype=np.float64)
                     self.units.append(unit)
@@ -218,7 +250,9 @@ class Run:
 
         key = None
         if self.cache_key is not None:
-            key = {**self.cache_key, "k": self.config.k, "recall": self.config.search_recall}
+            # format 2: missing neighbours are told by D = -inf (any int64 is an id); format 1 entries dropped
+            # negative ids, so they are never reused
+            key = {**self.cache_key, "k": self.config.k, "recall": self.config.search_recall, "format": 2}
             hit = cache.load("neighbors", key)
             if hit is not None and np.array_equal(hit.get("ids"), self.train_ids):
                 I = hit["I"]
@@ -547,29 +581,46 @@ class Run:
 
     # ------------------------------------------------------------------ outputs
     def _checkpoint(self) -> None:
-        """Outputs, then the checkpoint (the commit point): see :func:`seals_gpu.rundir.write_checkpoint`."""
+        """Outputs, then the checkpoint (the commit point): see :func:`seals_gpu.checkpoint.write_checkpoint`."""
         write_checkpoint(self)
 
-    def _restore(self) -> None:
-        restore(self)
+    def _restore(self, arrays: dict[str, np.ndarray] | None = None) -> None:
+        restore(self, arrays)
 
     # ------------------------------------------------------------------ main loop
-    def start(self, *, resume: bool = False) -> None:
+    def start(self, *, resume: bool = False, on_locked: Callable[[], None] | None = None) -> None:
+        """Run (or, with ``resume``, continue) in ``self.out``. Every check of the folder comes first
+        (:func:`seals_gpu.rundir.inspect_run_dir`), so a refused start leaves it exactly as it was; a start
+        that fails before its first checkpoint removes what it wrote (a SIGKILL cannot: the next start, with
+        or without ``resume``, recognises that as this run's own and begins again). ``on_locked`` is called
+        once the folder's lock is held and its checks passed (the CLI announces the run there, so that a
+        second writer refused by the lock prints only its error)."""
         cfg = self.config
+        dim = int(self.backend.dim)
         lock = RunLock(self.out)
         lock.check_free()  # "in use by pid N" before "not empty": the live holder is the real reason
-        if not resume and self.out.exists() and any(p.name != ".lock" for p in self.out.iterdir()):
-            raise RunDirError(
-                f"{self.out} is not empty; pass --resume to continue that run or pick a new --out"
-            )
+        seen = run_dir_signature(self.out)
+        plan = inspect_run_dir(self.out, cfg, resume=resume, dim=dim)
+        existed, had_lock = self.out.exists(), (self.out / ".lock").exists()
         lock.acquire()
         self.already_finished = False
         try:
-            if resume and (self.out / "config.json").exists():
-                check_resume(self.out, cfg)
+            if run_dir_signature(self.out) != seen:  # changed before the lock was ours: look again
+                plan = inspect_run_dir(self.out, cfg, resume=resume, dim=dim)
+            kill_point("lock", 0)
+            if on_locked is not None:
+                on_locked()
+        except BaseException:
+            lock.release()
+            raise
+        if plan.action == "resume":
+            try:
+                self._restore(plan.arrays)
                 remove_stale_temporaries(self.out)
-            if resume and (self.out / CHECKPOINT).exists():
-                self._restore()
+                if plan.write_config:
+                    write_json(self.out / "config.json", cfg.to_json())
+                if plan.note:
+                    self.log(plan.note)
                 if self.round >= cfg.n_rounds:
                     self.already_finished = True
                     self.log(
@@ -577,9 +628,21 @@ class Run:
                     )
                     return
                 self.log(f"resuming {self.out} after round {self.round}")
-            else:
-                write_json(self.out / "config.json", cfg.to_json())
+                self._loop()
+            finally:
+                lock.release()
+            return
+        try:
+            if plan.note:
+                self.log(plan.note)
+            remove_stale_temporaries(self.out)
+            write_json(self.out / "config.json", cfg.to_json())
+            kill_point("config", 0)
             self._loop()
+        except BaseException:
+            if not (self.out / CHECKPOINT).exists():  # failed before its first commit: leave nothing
+                undo_start(self.out, lock, remove_lock=not had_lock, remove_dir=not existed)
+            raise
         finally:
             lock.release()
 

@@ -17,3 +17,7 @@ class IndexError_(SealsError):
 
 class ConfigError(SealsError):
     """A run setting is impossible (budget below the seed set, k < 1, unknown strategy, ...)."""
+
+
+class RunDirError(SealsError):
+    """The run folder is in use, not empty, or its checkpoint does not match."""

@@ -3,7 +3,8 @@
 Layout of a graph folder (default ``INDEX/graph-k{K}``)::
 
     graph.json            format, index path, store fingerprint, k, part_rows, the parts and which are done
-    part-00000.parquet    id int64, neighbors list<int64> (k each, -1 padded), sims list<float32> (-inf padded)
+    part-00000.parquet    id int64, neighbors list<int64> (k each), sims list<float32> (k each): a slot is a
+                          neighbour iff its sim is finite (missing: -inf, its id -1 but never read)
     ...
 
 Parts follow the index's shards (rows ``[start, stop)`` of one shard each), so with Ray a part's queries start
@@ -34,14 +35,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import write_json, write_parquet
+from .atomic import clean_leftovers, overlap, real, write_json, write_parquet
 from .errors import ConfigError, IndexError_
-from .index.build import LocalIndex, read_manifest
+from .index.build import INDEX_ENTRY, LocalIndex, read_manifest
 from .index.merge import merge_neighbors
 
 __all__ = ["GRAPH_FORMAT", "KnnGraph", "build_graph"]
 
-GRAPH_FORMAT = "seals_gpu.graph/2"  # /2: neighbours among the train split only
+GRAPH_FORMAT = "seals_gpu.graph/3"  # /2: neighbours among the train split only; /3: negative ids are ids
+# /2 graphs were built by code that took every negative neighbour id for a missing one: still right for
+# stores whose ids are all >= 0, wrong (neighbours lost) otherwise, so they are read only for such stores
+_GRAPH_FORMAT_NONNEG = "seals_gpu.graph/2"
 MANIFEST = "graph.json"
 _Finish = Callable[[dict[str, int], np.ndarray, np.ndarray, np.ndarray], None]
 _IN_FLIGHT_PER_SHARD = 2  # Ray: parts queued per actor, so every actor stays busy while the driver writes
@@ -78,6 +82,19 @@ def _part_table(ids: np.ndarray, sims: np.ndarray, nbrs: np.ndarray) -> pa.Table
             "sims": pa.ListArray.from_arrays(offsets, pa.array(sims.astype(np.float32).ravel())),
         }
     )
+
+
+def _row_problem(ids: np.ndarray, nbrs: np.ndarray, sims: np.ndarray) -> str | None:
+    """What is wrong with these rows of a graph part, or None: similarities must be finite or -inf (missing),
+    in descending order (missing ones last), and an item is never its own neighbour."""
+    if (np.isnan(sims) | np.isposinf(sims)).any():
+        return "it holds NaN or +inf similarities"
+    if (sims[:, 1:] > sims[:, :-1]).any():
+        return "a row's similarities are not in descending order (missing neighbours, -inf, come last)"
+    own = np.isfinite(sims) & (nbrs == ids[:, None])
+    if own.any():
+        return f"item {int(ids[np.flatnonzero(own.any(axis=1))[0]])} is listed as its own neighbour"
+    return None
 
 
 def _index_path(index: Any) -> Path:
@@ -139,7 +156,10 @@ def build_graph(
         "part_rows": part_rows,
         "parts": [{**p, "file": _part_file(p)} for p in parts],
     }
+    _check_out(out, index_path, manifest)
     _check_existing(out, header)
+    # parts (and graph.json) a killed earlier build of this graph was writing: only this module's temporaries
+    clean_leftovers(out, {MANIFEST, *(_part_file(p) for p in parts)})
     done = [p["part"] for p in parts if _part_done(out / _part_file(p), p["stop"] - p["start"])]
     todo = [p for p in parts if p["part"] not in set(done)]
     write_json(out / MANIFEST, {**header, "done": done, "complete": not todo})
@@ -178,6 +198,24 @@ def _is_sharded(index: Any) -> bool:
     from .distributed import ShardedIndex
 
     return isinstance(index, ShardedIndex)
+
+
+def _check_out(out: Path, index_path: Path, manifest: dict[str, Any]) -> None:
+    """The graph folder is never a file, the index or the store, nor holds or lies inside either (through
+    symlinks and ``..`` too); inside the index it may only be a folder of its own, beside the shards (the
+    default ``INDEX/graph-kK``). Reads only."""
+    if out.exists() and not out.is_dir():
+        raise IndexError_(f"--out {out} is a file, not a folder; pass a folder path for the kNN graph")
+    checks: list[tuple[str, Any]] = [("store", manifest["store"].get("path"))]
+    if real(out).parent != real(index_path) or INDEX_ENTRY.match(real(out).name):
+        checks.append(("index", index_path))  # else INDEX/NAME: a folder of its own, as the default is
+    for what, path in checks:
+        how = overlap(out, path) if path else None
+        if how is not None:
+            raise IndexError_(
+                f"--out {out} {how} the {what} {path}, which the graph is built from; pick another --out "
+                f"(the default is {index_path / 'graph-kK'})"
+            )
 
 
 def _check_existing(out: Path, header: dict[str, Any]) -> None:
@@ -286,6 +324,44 @@ def _build_ray(
                 sidx.close()
 
 
+def _membership(ref: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``isin(values, ref)`` for sorted unique int64 ``ref``: one gather in a bool table over ref's span when
+    its ids are dense (span at most 4x their count), else a binary search. Any int64 values (the offsets may
+    wrap around, but a wrapped offset is never inside the span)."""
+    if ref.size == 0:
+        return lambda v: np.zeros(np.shape(v), dtype=bool)
+    lo, span = ref[0], int(ref[-1]) - int(ref[0]) + 1
+    if span <= 4 * ref.size:
+        table = np.zeros(span, dtype=bool)
+        table[ref - lo] = True
+
+        def dense(v: np.ndarray) -> np.ndarray:
+            off = v - lo
+            inside = (off >= 0) & (off < span)
+            return inside & table[np.where(inside, off, 0)]
+
+        return dense
+
+    def sparse(v: np.ndarray) -> np.ndarray:
+        pos = np.minimum(np.searchsorted(ref, v), ref.size - 1)
+        return ref[pos] == v
+
+    return sparse
+
+
+def _first_bad_neighbor(
+    nbrs: np.ndarray, sims: np.ndarray, allowed: Callable[[np.ndarray], np.ndarray], chunk_rows: int = 1 << 15
+) -> tuple[int, int] | None:
+    """``(row, neighbour id)`` of the first neighbour (finite similarity) that ``allowed`` refuses, or None."""
+    for s in range(0, nbrs.shape[0], chunk_rows):
+        nb = nbrs[s : s + chunk_rows]
+        bad = np.isfinite(sims[s : s + chunk_rows]) & ~allowed(nb)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            return s + int(r), int(nb[r, c])
+    return None
+
+
 class KnnGraph:
     """A kNN graph in memory: sorted ids and (n, k) neighbour ids and similarities.
 
@@ -324,7 +400,7 @@ class KnnGraph:
             header = json.loads(mf.read_text())
         except json.JSONDecodeError as e:
             raise IndexError_(f"{mf} is not valid JSON ({e}); delete {path} and rebuild the graph") from None
-        if header.get("format") != GRAPH_FORMAT:
+        if header.get("format") not in (GRAPH_FORMAT, _GRAPH_FORMAT_NONNEG):
             raise IndexError_(
                 f"{mf}: format {header.get('format')!r}, expected {GRAPH_FORMAT!r}; rebuild the graph"
             )
@@ -357,16 +433,44 @@ class KnnGraph:
                 raise IndexError_(
                     f"{path / p['file']}: rows do not all hold {k} neighbours; delete it and rerun {rebuild}"
                 )
+            if row + m > n:
+                raise IndexError_(
+                    f"{path / p['file']}: more rows than the graph's {n} items; delete it and rerun {rebuild}"
+                )
             ids[row : row + m] = t.column("id").to_numpy()
             nbrs[row : row + m] = nb.values.to_numpy().reshape(m, k)
             sims[row : row + m] = sm.values.to_numpy().reshape(m, k)
+            problem = _row_problem(ids[row : row + m], nbrs[row : row + m], sims[row : row + m])
+            if problem:
+                raise IndexError_(f"{path / p['file']}: {problem}; delete it and rerun {rebuild}")
             row += m
         if row != n or (n > 1 and not (ids[1:] > ids[:-1]).all()):
             raise IndexError_(f"kNN graph {path}: ids are not the index's {n} sorted unique ids; rebuild it")
-        return cls(path, header, ids, nbrs, sims)
+        if header.get("format") == _GRAPH_FORMAT_NONNEG and n and ids[0] < 0:
+            raise IndexError_(
+                f"{mf}: a {_GRAPH_FORMAT_NONNEG} graph over negative ids (its builder dropped negative "
+                f"neighbour ids as missing); delete {path} and rebuild it with {rebuild}"
+            )
+        g = cls(path, header, ids, nbrs, sims)
+        bad = _first_bad_neighbor(nbrs, sims, _membership(ids))
+        if bad is not None:
+            raise IndexError_(
+                f"{g._part_file(bad[0])}: item {int(ids[bad[0]])} has neighbour id {bad[1]}, which is not an "
+                f"item of the graph; delete that part and rerun {rebuild}"
+            )
+        return g
+
+    def _part_file(self, row: int) -> Path:
+        """The part file holding row ``row`` (parts hold consecutive rows, in the manifest's order)."""
+        stops = np.cumsum([p["stop"] - p["start"] for p in self.header["parts"]])
+        return self.path / self.header["parts"][int(np.searchsorted(stops, row, side="right"))]["file"]
+
+    def _rebuild(self) -> str:
+        return f"`seals-gpu index graph {self.index_path} --k {self.k} --out {self.path}`"
 
     def check_store(self, store: Any) -> None:
-        """Refuse a graph built over another store (or an older version of this one)."""
+        """Refuse a graph built over another store (or an older version of this one), or one whose items are
+        not the store's ids or whose neighbours are not its train rows (a corrupt or edited part)."""
         if store.fingerprint != self.store_fingerprint:
             raise IndexError_(
                 f"kNN graph {self.path} was built from index {self.index_path} over a store with fingerprint "
@@ -374,9 +478,31 @@ class KnnGraph:
                 f"the graph: `seals-gpu index build {store.path} INDEX --force` then "
                 f"`seals-gpu index graph INDEX --k {self.k}`"
             )
+        ids, is_test = store.read_split()
+        order = np.argsort(ids, kind="stable")
+        ids, is_test = ids[order], is_test[order]
+        if not np.array_equal(ids, self.ids):
+            out = np.flatnonzero(~_membership(ids)(self.ids))
+            if out.size:  # a part's rows come from the index: recomputing that part restores them
+                raise IndexError_(
+                    f"{self._part_file(int(out[0]))}: item id {int(self.ids[out[0]])} is not in store "
+                    f"{store.path}; delete that part and rerun {self._rebuild()}"
+                )
+            raise IndexError_(
+                f"kNN graph {self.path} holds {self.ids.size} items but store {store.path} has {ids.size}; "
+                f"delete {self.path} and rebuild it with {self._rebuild()}"
+            )
+        bad = _first_bad_neighbor(self.neighbors, self.sims, _membership(ids[~is_test]))
+        if bad is not None:
+            raise IndexError_(
+                f"{self._part_file(bad[0])}: item {int(self.ids[bad[0]])} has neighbour id {bad[1]}, which is "
+                f"in the test split of {store.path} (neighbours are train rows only); delete that part and "
+                f"rerun {self._rebuild()}"
+            )
 
     def lookup(self, ids: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The first ``k`` neighbours of each id: ``(D (n, k) float32, I (n, k) int64)``, -1 / -inf padded.
+        """The first ``k`` neighbours of each id: ``(D (n, k) float32, I (n, k) int64)``; a slot is a
+        neighbour iff its ``D`` is finite (missing slots: ``-inf`` / ``-1``; -1 is also a legal id).
 
         Raises:
             IndexError_: an id not in the graph, or ``k`` above the graph's.

@@ -18,7 +18,7 @@ from .device import resolve_device
 from .driver import Run
 from .errors import ConfigError, IndexError_
 from .index.build import LocalIndex
-from .rundir import RunDirError, RunLock, check_out_dir, check_resume
+from .rundir import RunLock, check_out_dir, inspect_run_dir
 from .seeds import sample_concepts
 from .store import Store, prevalence_range
 
@@ -70,7 +70,9 @@ def run_from_args(a: Any) -> Run:
         if use_ray:  # the shard actors open the shards; the driver only checks the manifest
             from .index.build import read_manifest
 
-            fp = read_manifest(a.index)["store"]["fingerprint"]
+            manifest = read_manifest(a.index)
+            _check_shard_list(manifest, a.index, store)
+            fp = manifest["store"]["fingerprint"]
             if fp != store.fingerprint:
                 raise IndexError_(
                     f"index {a.index} was built from a store with fingerprint {fp}, but {store.path} has "
@@ -79,6 +81,8 @@ def run_from_args(a: Any) -> Run:
         else:
             index = LocalIndex.open(a.index)
             index.check_store(store)
+            _check_shard_list(index.manifest, a.index, store)
+            _check_finite(index, a.index, store)
     graph = None
     if a.graph is not None:
         from .graph import KnnGraph
@@ -90,8 +94,8 @@ def run_from_args(a: Any) -> Run:
                 f"graph {a.graph} holds {graph.k} neighbours per item but --k is {a.k}; "
                 f"rebuild it with `--k {a.k}` or lower --k"
             )
-    cfg = RunConfig(
-        store=str(store.path),
+    cfg = RunConfig(  # paths resolved: a resume from another folder, or by another spelling, is the same run
+        store=os.path.realpath(store.path),
         store_fingerprint=store.fingerprint,
         concepts=tuple(concepts),
         strategies=tuple(strategies),
@@ -104,8 +108,8 @@ def run_from_args(a: Any) -> Run:
         seed=a.seed,
         C=a.C,
         beta=a.beta,
-        index=str(a.index) if a.index else None,
-        graph=str(a.graph) if a.graph else None,
+        index=os.path.realpath(a.index) if a.index else None,
+        graph=os.path.realpath(a.graph) if a.graph else None,
         full_supervision=a.full_supervision,
         search=getattr(a, "search", "auto"),
         class_weight=getattr(a, "class_weight", "none"),
@@ -113,20 +117,18 @@ def run_from_args(a: Any) -> Run:
         search_recall=getattr(a, "search_recall", 0.95),
     )
     out = Path(a.out)
-    check_out_dir(out)
+    check_out_dir(out, [("store", store.path), ("--index", a.index), ("--graph", a.graph)])
     RunLock(out).check_free()
-    if not a.resume and out.exists() and any(p.name != ".lock" for p in out.iterdir()):
-        raise RunDirError(f"{out} is not empty; pass --resume to continue that run or pick a new --out")
-    if a.resume and not (out / "config.json").exists() and not (out / ".lock").exists():
-        # (a folder holding only .lock is a run killed before it wrote anything: --resume starts it over)
-        raise RunDirError(f"--resume: {out} holds no run (no config.json); drop --resume to start one")
-    if a.resume and (out / "config.json").exists():
-        check_resume(out, cfg)
+    # reads only: refuses another run's folder, another configuration or store, a corrupt checkpoint (Run.start
+    # looks again once it holds the lock; the settings themselves are checked when Run is built, below)
+    inspect_run_dir(out, cfg, resume=a.resume, dim=store.dim)
 
     def log(*m: object) -> None:
         print(*m, file=sys.stderr)
 
-    def announce() -> None:  # once every check has passed, so that a refused run prints only its error
+    def announce() -> (
+        None
+    ):  # once the lock is held and every check passed: a refused run prints only its error
         log(
             f"device: {dev.reason}; scoring: "
             f"{'fused CUDA kernels' if dev.kind == 'cuda' and dev.has_cupy else 'torch reference'}"
@@ -157,10 +159,13 @@ def run_from_args(a: Any) -> Run:
             r = Run(
                 cfg, out, store=store, backend=backend, graph=graph, device=dev, progress=not a.quiet, log=log
             )
-            announce()
-            log("search and scoring: Ray shard actors")
             t_loaded = time.perf_counter()
-            r.start(resume=a.resume)
+
+            def announce_ray() -> None:
+                announce()
+                log("search and scoring: Ray shard actors")
+
+            r.start(resume=a.resume, on_locked=announce_ray)
     else:
         r = Run(
             cfg,
@@ -173,11 +178,14 @@ def run_from_args(a: Any) -> Run:
             log=log,
             cache=not getattr(a, "no_cache", False),
         )
-        announce()
-        log(f"plan: search {r.plan.describe()}")
-        log(f"search: {'kNN graph lookup' if graph is not None else r.backend.search_path}")
         t_loaded = time.perf_counter()
-        r.start(resume=a.resume)
+
+        def announce_local() -> None:
+            announce()
+            log(f"plan: search {r.plan.describe()}")
+            log(f"search: {'kNN graph lookup' if graph is not None else r.backend.search_path}")
+
+        r.start(resume=a.resume, on_locked=announce_local)
     t_loop = time.perf_counter()
     if a.full_supervision and not (r.already_finished and _has_full_supervision(out)):
         from .supervised import record_full_supervision
@@ -197,6 +205,37 @@ def run_from_args(a: Any) -> Run:
             report=time.perf_counter() - t_full,
         )
     return r
+
+
+def _rebuild(index: Any, store: Store) -> str:
+    return f"rebuild it with `seals-gpu index build {store.path} {index} --force`"
+
+
+def _check_shard_list(manifest: dict[str, Any], index: Any, store: Store) -> None:
+    """An index must list shards that together hold every row of its store."""
+    shards = manifest.get("shards") or []
+    if not shards:
+        raise IndexError_(f"index {index} lists no shards in its manifest.json; {_rebuild(index, store)}")
+    n = sum(int(s.get("n", 0)) for s in shards)
+    if n != store.num_rows:
+        raise IndexError_(
+            f"index {index}: its shards hold {n} rows but {store.path} has {store.num_rows}; "
+            f"{_rebuild(index, store)}"
+        )
+
+
+def _check_finite(index: LocalIndex, path: Any, store: Store) -> None:
+    """Every vector of the index finite (a NaN would poison every score and neighbour list it enters)."""
+    for shard, entry in zip(index.shards, index.manifest["shards"], strict=True):
+        for s in range(0, shard.ntotal, 262_144):
+            block = np.asarray(shard.vectors[s : s + 262_144])
+            ok = np.isfinite(block).all(axis=1)
+            if not ok.all():
+                row = s + int(np.flatnonzero(~ok)[0])
+                raise IndexError_(
+                    f"index {path}: {entry['dir']}/vectors.npy has NaN or inf at row {row} (id "
+                    f"{int(shard.ids[row])}); {_rebuild(path, store)}"
+                )
 
 
 def _process_start(now: float) -> float:

@@ -23,13 +23,15 @@ class CandidatePool:
         return cls(np.empty(0, dtype=np.int64))
 
     def grow(self, neighbors: np.ndarray, labeled_sorted: np.ndarray) -> np.ndarray:
-        """Add ``neighbors`` (any order, may repeat, -1 ignored) that are not labeled; return the new ids.
+        """Add ``neighbors`` (any order, may repeat) that are not labeled; return the new ids.
+
+        Every value is an id (negative ones included): drop missing neighbour slots before calling, by
+        their similarity (see :meth:`NeighborCache.lookup`), never by the id's value.
 
         O(|new| log |pool| + |pool|): the new ids are inserted at their sorted places (one memmove of the
         pool), never re-sorted with it.
         """
         nb = sorted_unique(np.asarray(neighbors, dtype=np.int64).ravel())
-        nb = nb[nb >= 0]
         nb = nb[~_isin_sorted(nb, labeled_sorted)]
         new = nb[~_isin_sorted(nb, self.ids)]
         if new.size:
@@ -78,9 +80,11 @@ def isin_sorted(x: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
 class NeighborCache:
     """k-nearest-neighbour rows of the ids looked up so far, fetched in batches and kept for the run.
 
-    Storage is append-only: ``(capacity, k)`` tables of neighbour ids (int64, -1 padded) and similarities
-    (float32, -inf padded), grown by doubling, plus the sorted array of cached ids and each one's row. A
-    lookup of many ids is a ``searchsorted`` and a row gather, with no per-id Python work.
+    Storage is append-only: ``(capacity, k)`` tables of neighbour ids (int64) and similarities (float32),
+    grown by doubling, plus the sorted array of cached ids and each one's row. A slot holds a neighbour iff
+    its similarity is finite; missing slots hold ``-inf`` / ``-1`` (and -1 is also a legal id, so read
+    validity from the similarity). A lookup of many ids is a ``searchsorted`` and a row gather, with no
+    per-id Python work.
     """
 
     def __init__(self, k: int) -> None:
@@ -100,7 +104,10 @@ class NeighborCache:
         return ids[~_isin_sorted(ids, self._keys)]
 
     def add(self, ids: np.ndarray, D: np.ndarray, I: np.ndarray) -> None:
-        """Cache the rows ``(D[j], I[j])`` (width >= k is cut to k) of distinct, not yet cached ``ids``."""
+        """Cache the rows ``(D[j], I[j])`` (width >= k is cut to k) of distinct, not yet cached ``ids``.
+
+        A slot whose similarity is not finite is a missing neighbour, whatever its id; it is stored as
+        ``-inf`` / ``-1``."""
         ids = np.asarray(ids, dtype=np.int64)
         n = ids.size
         if n == 0:
@@ -120,8 +127,9 @@ class NeighborCache:
                 grown = np.empty((cap, self.k), dtype=old.dtype)
                 grown[: self._n] = old[: self._n]
                 setattr(self, name, grown)
-        self._I[self._n : self._n + n] = I
-        self._D[self._n : self._n + n] = np.where(I >= 0, D, -np.inf)
+        found = np.isfinite(D)
+        self._I[self._n : self._n + n] = np.where(found, I, -1)
+        self._D[self._n : self._n + n] = np.where(found, D, -np.inf)
         rows = np.arange(self._n, self._n + n, dtype=np.int64)
         self._n += n
         keys = np.concatenate([self._keys, ids])
@@ -130,7 +138,8 @@ class NeighborCache:
         self._rows = np.concatenate([self._rows, rows])[order]
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(D (n, k) float32, I (n, k) int64)`` of cached ``ids`` (any order, repeats allowed).
+        """``(D (n, k) float32, I (n, k) int64)`` of cached ``ids`` (any order, repeats allowed); a slot is a
+        neighbour iff its ``D`` is finite.
 
         Raises:
             KeyError: an id that is not cached.

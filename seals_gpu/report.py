@@ -491,8 +491,19 @@ def make_plots(table: pa.Table, out_dir: str | os.PathLike[str]) -> list[Path]:
     from matplotlib.figure import Figure
 
     out_dir = Path(out_dir)
+    # every output checked before the first is written: a folder (or anything but a file) where a plot or
+    # summary.json goes could not be replaced, and would leave the plots half old, half new
+    for name in [f for f, _, _ in _PLOTS] + ["summary.json"]:
+        target = out_dir / name
+        if os.path.lexists(target) and not target.is_file():
+            what = "a folder" if target.is_dir() else "not a regular file"
+            raise ReportError(
+                f"cannot write the plots: {target} is {what}; remove or rename it, or pass --no-plots"
+            )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as e:
         raise ReportError(
             f"cannot write the plots to {out_dir} ({e.strerror or e}); remove or rename what is "

@@ -1,59 +1,24 @@
-"""The run folder: one writer at a time (a lock), the checkpoint that commits each round, the Parquet outputs
-derived from it, the checks a resume makes, and the checks on ``--out`` made before anything is written."""
+"""The run folder: one writer at a time (a lock), what starting a run in it does (start, start over after a
+kill, resume from its checkpoint, or refuse), and the checks on ``--out`` made before anything is written.
+The checkpoint itself is :mod:`seals_gpu.checkpoint`."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
-import signal
-import zipfile
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
-import pyarrow as pa
-import torch
 
-from .atomic import atomic_path, write_parquet
+from .atomic import check_not_input
+from .checkpoint import CHECKPOINT, binding_diff, check_checkpoint, load_npz, one_line, recorded_config
 from .config import RunConfig
-from .errors import SealsError
-from .learner import LogisticModel
-from .pool import CandidatePool
-from .report import REQUIRED_COLUMNS
-
-
-class Run(Protocol):
-    """What the checkpoint reads and restores of a run (``seals_gpu.driver.Run`` has it): the run folder
-    depends on this shape, not on the driver."""
-
-    config: RunConfig
-    out: Path
-    round: int
-    model: LogisticModel | None
-    metrics: list[dict[str, Any]]
-    selections: list[dict[str, np.ndarray]]
-    units: list[Any]
-    backend: Any
-    device: Any
-
-
-METRIC_COLUMNS = list(REQUIRED_COLUMNS)  # the metrics.parquet schema; report.py, which reads it, owns it
-SELECTION_COLUMNS = ["concept", "strategy", "mode", "round", "id", "label"]
-CHECKPOINT = "checkpoint/state.npz"
-# Crash tests only: SEALS_GPU_TEST_KILL_AT=POINT:ROUND makes the run SIGKILL itself at that point of that
-# round's checkpoint. POINT is "outputs" (after metrics.parquet, before selections.parquet) or "checkpoint"
-# (state.npz fully written to its temporary name, not yet renamed into place). See tests/test_reliability.py.
-KILL_AT_ENV = "SEALS_GPU_TEST_KILL_AT"
-
-
-def _test_kill(point: str, round_no: int) -> None:
-    if os.environ.get(KILL_AT_ENV) == f"{point}:{round_no}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-class RunDirError(SealsError):
-    """The run folder is in use, not empty, or its checkpoint does not match."""
+from .errors import RunDirError, SealsError
 
 
 class RunLock:
@@ -109,185 +74,179 @@ class RunLock:
             self.fd = None
 
 
-def tables(run: Run) -> tuple[pa.Table, pa.Table]:
-    """``metrics.parquet`` and ``selections.parquet`` of the run so far."""
-    concept_type = (
-        pa.int64() if all(isinstance(c, (int, np.integer)) for c in run.config.concepts) else pa.string()
-    )
-    mcols = {c: [r[c] for r in run.metrics] for c in METRIC_COLUMNS}
-    if concept_type == pa.string():
-        mcols["concept"] = [str(c) for c in mcols["concept"]]
-    metrics = pa.table(mcols)
-    metrics = metrics.cast(
-        pa.schema(
-            [
-                pa.field("concept", concept_type),
-                pa.field("strategy", pa.string()),
-                pa.field("mode", pa.string()),
-                *[pa.field(c, pa.int64()) for c in ("round", "n_labeled", "n_positives", "pool_size")],
-                *[pa.field(c, pa.float64()) for c in METRIC_COLUMNS[7:]],
-            ]
+def _refuse_other_settings(old: RunConfig, cfg: RunConfig, out: Path, *, resume: bool) -> None:
+    """Raise unless ``cfg`` is the run ``old`` describes (see :func:`binding_diff`)."""
+    diff = binding_diff(old, cfg)
+    if not diff:
+        return
+    if not resume:
+        raise RunDirError(
+            f"{out} holds the start of a run with other settings ({', '.join(diff)} changed), stopped before "
+            "its first checkpoint; rerun with its settings or pick a new --out"
         )
-    )
-    if run.selections:
-        unit = np.concatenate([s["unit"] for s in run.selections])
-        rnd = np.concatenate([s["round"] for s in run.selections])
-        ids = np.concatenate([s["id"] for s in run.selections])
-        lab = np.concatenate([s["label"] for s in run.selections])
-    else:
-        unit = rnd = ids = np.empty(0, np.int64)
-        lab = np.empty(0, bool)
-    # per-unit columns, then one vectorised take per column (no Python loop over every selection)
-    take = pa.array(unit, type=pa.int64())
-    unit_concepts = [u.concept for u in run.units]
-    if concept_type == pa.string():
-        unit_concepts = [str(c) for c in unit_concepts]
-    selections = pa.table(
-        {
-            "concept": pa.array(unit_concepts, type=concept_type).take(take),
-            "strategy": pa.array([u.strategy for u in run.units], type=pa.string()).take(take),
-            "mode": pa.array([u.mode for u in run.units], type=pa.string()).take(take),
-            "round": pa.array(rnd, type=pa.int64()),
-            "id": pa.array(ids, type=pa.int64()),
-            "label": pa.array(lab, type=pa.bool_()),
-        }
-    )
-    return metrics, selections
-
-
-def write_checkpoint(run: Run) -> None:
-    """One atomic file holds everything needed to continue; the Parquet outputs are derived from it.
-
-    The Parquet outputs are written first and state.npz last: state.npz is the commit point. A crash in
-    between leaves outputs one round ahead of the checkpoint, and the resume redoes that round exactly.
-    """
-    assert run.model is not None
-    metrics, selections = tables(run)
-    write_parquet(run.out / "metrics.parquet", metrics)
-    _test_kill("outputs", run.round)
-    write_parquet(run.out / "selections.parquet", selections)
-    arrays: dict[str, np.ndarray] = {
-        "config_json": np.frombuffer(json.dumps(run.config.to_json(), sort_keys=True).encode(), np.uint8),
-        "round": np.array(run.round),
-        "W": run.model.W.double().cpu().numpy(),
-        "b": run.model.b.double().cpu().numpy(),
-        "metrics_json": np.frombuffer(json.dumps(run.metrics, default=jsonable).encode(), dtype=np.uint8),
-    }
-    for u in run.units:
-        arrays[f"u{u.index}_labeled"] = u.labeled_ids
-        arrays[f"u{u.index}_labels"] = u.label_vec
-        arrays[f"u{u.index}_rounds"] = (
-            np.concatenate([np.full(a.size, r, np.int64) for r, a in enumerate(u.labeled)])
-            if u.labeled
-            else np.empty(0)
-        )
-        arrays[f"u{u.index}_pool"] = u.pool.ids
-        if u.ref_sum is not None:
-            arrays[f"u{u.index}_ref"] = u.ref_sum
-    arrays["sel_unit"] = np.concatenate([s["unit"] for s in run.selections])
-    arrays["sel_round"] = np.concatenate([s["round"] for s in run.selections])
-    arrays["sel_id"] = np.concatenate([s["id"] for s in run.selections])
-    arrays["sel_label"] = np.concatenate([s["label"] for s in run.selections])
-    with atomic_path(run.out / CHECKPOINT) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        _test_kill("checkpoint", run.round)
-
-
-def restore(run: Run) -> None:
-    """Put the run back in the state of its last checkpoint (refusing one of another config)."""
-    path = run.out / CHECKPOINT
-    try:
-        z = np.load(path, allow_pickle=False)
-        arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        raise RunDirError(f"{path} is unreadable ({e}); delete {run.out} and start again") from None
-    if "config_json" in arrays:  # the checkpoint carries its own config (store fingerprint included)
-        saved = RunConfig.from_json(json.loads(arrays["config_json"].tobytes().decode()))
-        diff = saved.same_selections_as(run.config)
-        if diff:
-            raise RunDirError(
-                f"{path} was written by a different configuration ({', '.join(diff)} "
-                f"changed) than {run.out}/config.json; delete {run.out} and start again"
-            )
-    run.round = int(arrays["round"])
-    run.metrics = json.loads(arrays["metrics_json"].tobytes().decode())
-    dev = run.device.torch_device
-    run.model = LogisticModel(
-        W=torch.from_numpy(arrays["W"]).float().to(dev), b=torch.from_numpy(arrays["b"]).float().to(dev)
-    )
-    for u in run.units:
-        ids = arrays[f"u{u.index}_labeled"].astype(np.int64)
-        labels = arrays[f"u{u.index}_labels"].astype(bool)
-        rounds = arrays[f"u{u.index}_rounds"].astype(np.int64)
-        u.labeled = [ids[rounds == r] for r in range(run.round + 1) if (rounds == r).any()]
-        u.labels = [labels[rounds == r] for r in range(run.round + 1) if (rounds == r).any()]
-        u.X = run.backend.vectors(ids) if ids.size else None
-        u.pool = CandidatePool(arrays[f"u{u.index}_pool"].astype(np.int64))
-        if f"u{u.index}_ref" in arrays:
-            u.ref_sum = arrays[f"u{u.index}_ref"]
-    run.selections = [
-        {
-            "unit": arrays["sel_unit"].astype(np.int64),
-            "round": arrays["sel_round"].astype(np.int64),
-            "id": arrays["sel_id"].astype(np.int64),
-            "label": arrays["sel_label"].astype(bool),
-        }
-    ]
-    # the metrics rows stored concepts as JSON: map them back to the configured keys
-    keymap = {json.dumps(jsonable(c)): c for c in run.config.concepts}
-    for r in run.metrics:
-        r["concept"] = keymap.get(json.dumps(r["concept"]), r["concept"])
-
-
-def check_resume(out: Path, cfg: RunConfig) -> None:
-    """--resume must use the settings (and the store) the run started with, and find a readable checkpoint.
-    Reads only: a refused resume changes nothing."""
-    path = out / "config.json"
-    try:
-        old = RunConfig.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, SealsError) as e:
-        raise RunDirError(f"{path} is unreadable ({e}); delete {out} and start again") from None
-    diff = old.same_selections_as(cfg)
     if "store_fingerprint" in diff:
         raise RunDirError(
             f"--resume: store {cfg.store} has fingerprint {cfg.store_fingerprint}, but the run in {out} "
             f"started on {old.store} with {old.store_fingerprint}; resume with the original store or pick a "
             "new --out"
         )
-    if diff:
-        raise RunDirError(
-            f"--resume with a different configuration ({', '.join(diff)} changed) than the run "
-            f"in {out}; rerun with the original settings or pick a new --out"
-        )
-    ckpt = out / CHECKPOINT
+    raise RunDirError(
+        f"--resume with a different configuration ({', '.join(diff)} changed) than the run "
+        f"in {out}; rerun with the original settings or pick a new --out"
+    )
+
+
+def _read_config(path: Path, out: Path) -> RunConfig:
+    try:
+        return RunConfig.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError, SealsError) as e:
+        raise RunDirError(f"{path} is unreadable ({one_line(e)}); delete {out} and start again") from None
+
+
+# What a run writes before its first checkpoint commits: a folder holding only these (and no checkpoint) is
+# this run's own start, killed early, when its config.json is this run's (or it has none yet).
+START_FILES = (".lock", "config.json", "metrics.parquet", "selections.parquet")
+OWN_TEMPORARY = re.compile(
+    r"^\.(config\.json|metrics\.parquet|selections\.parquet|timings\.json|state\.npz)\..+\.tmp$"
+)
+
+
+@dataclass(frozen=True)
+class RunDirPlan:
+    """What starting a run in its folder does (see :func:`inspect_run_dir`)."""
+
+    action: str  # "start" (absent or empty), "restart" (this run's start, killed early), "resume"
+    note: str = ""  # one line for the run log ("" when there is nothing to say)
+    arrays: dict[str, np.ndarray] | None = None  # "resume": the checkpoint, checked
+    write_config: bool = True  # (re)write config.json: always but on a resume that has one
+
+
+def _own_start_entry(out: Path, name: str) -> bool:
+    p = out / name
+    if p.is_symlink():
+        return False
+    if name in START_FILES or OWN_TEMPORARY.match(name):
+        return p.is_file()
+    if name == "checkpoint" and p.is_dir():
+        return all(OWN_TEMPORARY.match(q.name) and q.is_file() and not q.is_symlink() for q in p.iterdir())
+    return False
+
+
+def inspect_run_dir(out: Path, cfg: RunConfig, *, resume: bool, dim: int | None = None) -> RunDirPlan:
+    """Before anything is written (reads only): what starting ``cfg`` in ``out`` does, or a
+    :class:`RunDirError` (one line: what is wrong and the fix).
+
+    - absent or empty: a new run ("start"; ``--resume`` on an absent folder is refused: nothing to resume);
+    - a checkpoint: "resume" with ``--resume`` (refused without): its settings must be ``cfg``'s (the store
+      by fingerprint), the checkpoint whole (:func:`check_checkpoint`); a config.json that is gone is
+      rebuilt, the checkpoint recording the settings;
+    - no checkpoint and nothing but what a run writes before its first one (.lock, a config.json of these
+      settings, round 0's outputs, temporaries): a start killed early, begun again ("restart") with or
+      without ``--resume``;
+    - anything else is not this run's: refused, and left as it is.
+    """
+    if not out.exists():
+        if resume:
+            raise RunDirError(f"--resume: {out} holds no run (no config.json); drop --resume to start one")
+        return RunDirPlan("start")
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as e:
+        raise RunDirError(f"--out {out} cannot be read ({e.strerror or e}); pick another --out") from None
+    if not names:
+        return RunDirPlan("start", f"{out} is empty: nothing to resume, starting the run" if resume else "")
+    config_path, ckpt = out / "config.json", out / CHECKPOINT
+    saved = _read_config(config_path, out) if config_path.is_file() else None
     if ckpt.exists():
+        if not resume:
+            raise RunDirError(f"{out} is not empty; pass --resume to continue that run or pick a new --out")
+        if saved is not None:
+            _refuse_other_settings(saved, cfg, out, resume=True)
+        arrays = load_npz(ckpt, out)
+        recorded = recorded_config(arrays, ckpt, out)
+        if saved is None:
+            if recorded is None:
+                raise RunDirError(
+                    f"{config_path} is missing and {ckpt} does not record the run's settings; put config.json "
+                    f"back, or delete {out} and start again"
+                )
+            _refuse_other_settings(recorded, cfg, out, resume=True)
+        elif recorded is not None and binding_diff(recorded, saved):
+            raise RunDirError(
+                f"{ckpt} was written by a different configuration ({', '.join(binding_diff(recorded, saved))} "
+                f"changed) than {config_path}; delete {out} and start again"
+            )
+        check_checkpoint(arrays, ckpt, cfg, dim)
+        note = f"{config_path} was missing: rewritten from {ckpt}'s settings" if saved is None else ""
+        return RunDirPlan("resume", note, arrays, write_config=saved is None)
+    foreign = [n for n in names if not _own_start_entry(out, n)]
+    if saved is None:  # outputs without the config.json written before them are not a start of this run
+        foreign += [n for n in names if n in ("metrics.parquet", "selections.parquet")]
+    if foreign:
+        if not resume:
+            raise RunDirError(
+                f"{out} is not empty ({foreign[0]} is not a file of this run); pass --resume to continue a run "
+                "there or pick a new --out"
+            )
+        if saved is not None:
+            _refuse_other_settings(saved, cfg, out, resume=True)
+        raise RunDirError(
+            f"--resume: {out} holds no checkpoint to resume, and {foreign[0]} in it is not a file of a run; "
+            "pick a new --out"
+        )
+    if saved is not None:
+        _refuse_other_settings(saved, cfg, out, resume=resume)
+    return RunDirPlan(
+        "restart", f"{out} holds this run's start, stopped before its first checkpoint: starting over"
+    )
+
+
+def run_dir_signature(out: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """What :func:`inspect_run_dir` read, cheaply (name, size, mtime, inode of every entry but the lock and of
+    the checkpoint): when it is the same after the lock is taken, the inspection still holds."""
+    sig = []
+    for p in (*(out.iterdir() if out.is_dir() else ()), out / CHECKPOINT):
         try:
-            with np.load(ckpt, allow_pickle=False) as z:
-                z["round"]
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-            raise RunDirError(f"{ckpt} is unreadable ({e}); delete {out} and start again") from None
+            st = p.stat()
+        except OSError:
+            continue
+        if p.name != ".lock":
+            sig.append((str(p.relative_to(out)), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(sorted(sig))
+
+
+def undo_start(out: Path, lock: RunLock, *, remove_lock: bool, remove_dir: bool) -> None:
+    """A run that fails before its first checkpoint leaves nothing: remove what its start wrote (config.json,
+    round 0's outputs, temporaries; the lock file and the folder when this start made them), release the
+    lock. Only the run's own files: anything else stays."""
+    for name in ("config.json", "metrics.parquet", "selections.parquet"):
+        (out / name).unlink(missing_ok=True)
+    remove_stale_temporaries(out)
+    with contextlib.suppress(OSError):
+        (out / "checkpoint").rmdir()
+    if remove_lock:
+        (out / ".lock").unlink(missing_ok=True)
+    lock.release()
+    if remove_dir:
+        with contextlib.suppress(OSError):
+            out.rmdir()
 
 
 def remove_stale_temporaries(out: Path) -> None:
-    """Delete temporary files left by atomic writes that a crash stopped before their rename."""
+    """Delete temporary files left by atomic writes that a crash stopped before their rename (this run's
+    own names only)."""
     for folder in (out, out / "checkpoint"):
-        if folder.is_dir():
-            for p in folder.glob(".*.tmp"):
-                if p.is_file():
+        if folder.is_dir() and not folder.is_symlink():
+            for p in folder.iterdir():
+                if OWN_TEMPORARY.match(p.name) and p.is_file() and not p.is_symlink():
                     p.unlink(missing_ok=True)
 
 
-def jsonable(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    return o
-
-
-def check_out_dir(out: Path) -> None:
-    """Refuse an --out that is a file or that cannot be created, before anything is written."""
+def check_out_dir(out: Path, inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
+    """Refuse an --out that is a file or that cannot be created, or that is, holds or lies inside one of the
+    run's ``inputs`` (``(what, path)``: the store, --index, --graph; through symlinks and ``..`` too), before
+    anything is written."""
+    check_not_input(out, inputs, label="--out", error=RunDirError)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file, not a folder; pick another --out")
     parent = out

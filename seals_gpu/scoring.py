@@ -58,6 +58,8 @@ _NEG_INF = float("-inf")
 class TopB:
     """Per-unit top-b. Row ``u`` holds ``counts[u]`` valid entries first, best first, then padding.
 
+    Validity comes from ``counts`` only: every int64, -1 included, is a legal id.
+
     Attributes:
         ids: (U, b) int64 global ids, padded with -1.
         scores: (U, b) float32 scores, padded with -inf.
@@ -234,41 +236,7 @@ def _check_backend(backend: str) -> None:
         raise ConfigError(f"backend={backend!r} is not one of {list(BACKENDS)}")
 
 
-# ---------------------------------------------------------------------------------------- segmented top-b
-def _segmented_topb(scores: torch.Tensor, ids: torch.Tensor, off: torch.Tensor, b: int) -> TopB:
-    """Top-b per CSR segment of ``(scores, ids)`` by (score desc, id asc); ``off`` (n_seg+1,) on-device."""
-    nu = off.numel() - 1
-    n = scores.numel()
-    dev = scores.device
-    lens = off[1:] - off[:-1]
-    counts = lens.clamp(max=b)
-    out = TopB.empty(nu, b, dev, scores.dtype)
-    out.counts = counts
-    if n == 0 or nu == 0:
-        return out
-    unit = torch.repeat_interleave(torch.arange(nu, device=dev), lens)
-    L = int(lens.max())
-    if (
-        nu * L <= 4 * n + 1024 and n > 1 and bool(((ids[1:] > ids[:-1]) | (unit[1:] != unit[:-1])).all())
-    ):  # ids ascend within each segment (sorted pools): one padded top-k instead of three full sorts
-        col = torch.arange(n, device=dev) - off[:-1][unit]
-        P = torch.full((nu, L), _NEG_INF, dtype=scores.dtype, device=dev)
-        P[unit, col] = scores
-        Id = torch.full((nu, L), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
-        Id[unit, col] = ids
-        return _padded_topb(P, Id, counts, b)
-    o = torch.argsort(ids, stable=True)
-    o = o[torch.argsort(scores[o], descending=True, stable=True)]
-    o = o[torch.argsort(unit[o], stable=True)]
-    ar = torch.arange(b, device=dev)
-    pos = (off[:-1, None] + ar[None, :]).clamp(max=n - 1)
-    valid = ar[None, :] < counts[:, None]
-    sel = o[pos]
-    out.ids = torch.where(valid, ids[sel], -1)
-    out.scores = torch.where(valid, scores[sel], torch.full_like(out.scores, _NEG_INF))
-    return out
-
-
+# ------------------------------------------------------------------------------------------ merging top-b
 def merge_topb(a: TopB, c: TopB, b: int) -> TopB:
     """Merge two per-unit top-b results into the top-``b`` of their union (score desc, id asc).
 
@@ -310,6 +278,10 @@ def merge_topb(a: TopB, c: TopB, b: int) -> TopB:
     key, sc, valid = key.gather(1, o), sc.gather(1, o), valid.gather(1, o)
     sc, o = torch.sort(sc, dim=1, descending=True, stable=True)
     key, valid = key.gather(1, o), valid.gather(1, o)
+    # valid entries before padding even where a valid score is -inf (a NaN score) and its id is int64's
+    # largest, which ties with the padding's key: validity comes from the counts, never from an id
+    o = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+    sc, key, valid = sc.gather(1, o), key.gather(1, o), valid.gather(1, o)
     sc, key, valid = sc[:, :b], key[:, :b], valid[:, :b]
     return TopB(
         torch.where(valid, key, -1),

@@ -18,16 +18,31 @@ def concept_seed(seed: int, concept: Any) -> np.random.Generator:
     return np.random.default_rng([seed, key])
 
 
+def check_seed_set(concept: Any, n_train: int, n_pos_train: int, n_pos: int, n_neg: int) -> None:
+    """Refuse a seed set the train split cannot supply for ``concept`` (``n_pos_train`` of its ``n_train``
+    rows are positives), before anything is written. ``concept`` None: not known here."""
+    name = "the concept" if concept is None else f"concept {concept!r}"
+    if n_pos_train < n_pos:
+        raise ConfigError(
+            f"{name} has {n_pos_train} train positives, fewer than --seed-positives {n_pos}; "
+            "lower --seed-positives or choose another concept"
+        )
+    n_negatives = n_train - n_pos_train
+    if n_neg > n_negatives:
+        raise ConfigError(
+            f"--seed-negatives {n_neg}: {name} has only {n_negatives} negatives in the train split; "
+            f"lower --seed-negatives to at most {n_negatives}"
+        )
+
+
 def draw_seed_set(
     rng: np.random.Generator, train_ids: np.ndarray, positives_train: np.ndarray, n_pos: int, n_neg: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n_pos`` random positives and ``n_neg`` random negatives from the train split."""
+    check_seed_set(None, int(train_ids.size), int(positives_train.size), n_pos, n_neg)
     pos = rng.choice(positives_train, size=n_pos, replace=False)
     neg: list[int] = []
     chosen: set[int] = set()
-    n_negatives = train_ids.size - positives_train.size
-    if n_neg > n_negatives:
-        raise ConfigError(f"the seed set needs {n_neg} negatives but the train split has {n_negatives}")
     while len(neg) < n_neg:
         cand = train_ids[rng.integers(0, train_ids.size, size=2 * (n_neg - len(neg)) + 8)]
         for c in cand[~isin_sorted(cand, positives_train)].tolist():

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, check_output_dir
 from .errors import StoreError
 
 TEST_FRACTION = 0.2
@@ -73,18 +73,54 @@ def hash_test_mask(ids: np.ndarray, fraction: float = TEST_FRACTION) -> np.ndarr
     return u < fraction
 
 
+_F32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32: below it a row is denormal
+_SUMSQ_SAFE = 2.0**-100  # a float32 sum of squares at least this (and finite) lost nothing to underflow
+
+
 def l2_normalize(x: np.ndarray, *, where: str = "embeddings") -> np.ndarray:
-    """Return float32 rows of unit length; zero rows are an error (they have no direction)."""
+    """Return float32 rows of unit length; zero and denormal rows are an error (they have no direction).
+
+    Finite rows of any size are normalised correctly: a row whose float32 sum of squares overflows (values
+    near 3e38, or a row scaled by 1e30) or underflows is first scaled by a power of two that brings its
+    largest value into [0.5, 1), which is exact, so it normalises to the same vector as the row unscaled.
+    """
     x = np.ascontiguousarray(x, dtype=np.float32)
     # row norms by einsum: the same float32 sum of squares as np.linalg.norm, ~3x faster (no temporaries)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
-    bad = np.flatnonzero(norms[:, 0] == 0)
-    if bad.size:
-        raise StoreError(
-            f"{where}: row {int(bad[0])} is an all-zero vector, which cannot be l2-normalised; "
-            "drop it or give it a real embedding"
-        )
+    with np.errstate(over="ignore", under="ignore"):
+        sumsq = np.einsum("ij,ij->i", x, x)
+    rescale = np.flatnonzero((sumsq == np.inf) | (sumsq < _SUMSQ_SAFE))
+    if rescale.size:
+        rows = x[rescale]
+        peak = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0], np.float32)
+        zero = np.flatnonzero(peak == 0)
+        if zero.size:
+            raise StoreError(
+                f"{where}: row {int(rescale[zero[0]])} is an all-zero vector, which cannot be l2-normalised; "
+                "drop it or give it a real embedding"
+            )
+        tiny = np.flatnonzero(peak < _F32_TINY)
+        if tiny.size:
+            raise StoreError(
+                f"{where}: row {int(rescale[tiny[0]])} is a denormal vector (every value below "
+                f"{_F32_TINY:.3g} in absolute value), too close to zero to l2-normalise reliably; "
+                "drop it or give it a real embedding"
+            )
+        _, exp = np.frexp(peak)  # peak = m * 2**exp, 0.5 <= m < 1 (for inf: exp 0, left to the caller)
+        x = x.copy()
+        x[rescale] = np.ldexp(rows, -exp[:, None].astype(np.int32))
+        with np.errstate(over="ignore", under="ignore"):
+            sumsq[rescale] = np.einsum("ij,ij->i", x[rescale], x[rescale])
+    norms = np.sqrt(sumsq)[:, None]
     return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def rescaled_rows(x: np.ndarray) -> int:
+    """How many rows of ``x`` (float32) :func:`l2_normalize` rescales first: their sum of squares is out of
+    float32's range (finite values of huge or tiny magnitude)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore", under="ignore"):
+        sumsq = np.einsum("ij,ij->i", x, x)
+    return int(np.count_nonzero((sumsq == np.inf) | (sumsq < _SUMSQ_SAFE)))
 
 
 def _check_finite(emb: np.ndarray, ids: np.ndarray, where: str) -> None:
@@ -350,8 +386,8 @@ class Store:
         lab = None
         if labels and labels_arrow:
             lab = rb.column("labels")  # a ListArray: see _flat_labels
-        elif labels:
-            lab = [v if v is not None else [] for v in rb.column("labels").to_pylist()]
+        elif labels:  # each concept once per row (a store written elsewhere may repeat one)
+            lab = [list(dict.fromkeys(v)) if v is not None else [] for v in rb.column("labels").to_pylist()]
         sp = None
         if split:
             if self.has_split:
@@ -420,13 +456,24 @@ class Store:
     def _flat_labels(
         self, *, split: bool = False
     ) -> Iterator[tuple[np.ndarray, pa.Array, np.ndarray, Batch]]:
-        """Per batch: ``(ids, flat label values, row index of each value, batch)`` without Python loops."""
+        """Per batch: ``(ids, flat label values, row index of each value, batch)`` without Python loops.
+
+        A concept listed more than once in one row's ``labels`` counts once: repeats are dropped here, so
+        counts, prevalence, concept samples and the oracle all see each (row, concept) pair once."""
         import pyarrow.compute as pc
 
         for b in self.iter_batches(embeddings=False, labels=True, split=split, labels_arrow=True):
             col = b.labels
             flat = pc.list_flatten(col)
             parents = np.asarray(pc.list_parent_indices(col), dtype=np.int64)
+            if parents.size > 1:
+                codes = np.asarray(pc.dictionary_encode(flat).indices.fill_null(-1), dtype=np.int64)
+                order = np.lexsort((codes, parents))  # stable: a repeat's first occurrence comes first
+                sp, sc = parents[order], codes[order]
+                rep = np.zeros(parents.size, dtype=bool)
+                rep[order[1:]] = (sp[1:] == sp[:-1]) & (sc[1:] == sc[:-1])
+                if rep.any():
+                    flat, parents = flat.filter(pa.array(~rep)), parents[~rep]
             yield b.ids, flat, parents, b
 
     def concept_counts(self, *, split: str | None = None) -> dict[Any, int]:
@@ -467,12 +514,31 @@ class Store:
     def concept_names(self) -> dict[Any, str]:
         """Human names of concepts from ``_concepts.parquet`` when the store has one, else empty."""
         f = self.path / CONCEPTS_FILE
-        if not f.exists():
+        if not os.path.lexists(f):
             return {}
-        t = pq.read_table(f)
+        fix = "rewrite it, or remove it (the store works without names)"
+        if not f.is_file():
+            raise StoreError(f"{f} is not a file (the concept-names side file); {fix}")
+        try:
+            t = pq.read_table(f)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for unreadable files
+            raise StoreError(
+                f"{f}: not a readable Parquet file ({' '.join(str(e).split())}); {fix}"
+            ) from None
         key = "concept_id" if "concept_id" in t.column_names else "concept"
         if key not in t.column_names or "name" not in t.column_names:
-            raise StoreError(f"{f}: expected columns 'concept_id' (or 'concept') and 'name'")
+            raise StoreError(
+                f"{f}: expected columns 'concept_id' (or 'concept') and 'name', found {t.column_names}; {fix}"
+            )
+        kt = t.schema.field(key).type
+        is_str = pa.types.is_string(kt) or pa.types.is_large_string(kt)
+        if (self.label_kind == "int" and not pa.types.is_integer(kt)) or (
+            self.label_kind == "str" and not is_str
+        ):
+            raise StoreError(
+                f"{f}: column {key!r} holds {kt}, but the store's labels are "
+                f"{'int64' if self.label_kind == 'int' else 'string'} concept ids; {fix}"
+            )
         return dict(zip(t.column(key).to_pylist(), t.column("name").to_pylist()))
 
     def resolve_concepts(self, tokens: Sequence[str]) -> list[Any]:
@@ -501,7 +567,7 @@ class Store:
                     key = cands[0] if cands else None
             else:
                 key = tok
-            if key is None:
+            if key is None or (isinstance(key, int) and not -(2**63) <= key < 2**63):  # labels are int64
                 raise StoreError(
                     f"unknown concept {tok!r}; list the store's concepts with `seals-gpu store info {self.path}`"
                 )
@@ -512,14 +578,25 @@ class Store:
         return out
 
     # ------------------------------------------------------------------ checks and summaries
-    def validate(self) -> None:
-        """Full scan: NaN/inf and zero vectors (raised while streaming) and duplicate ids."""
+    def validate(self) -> int:
+        """Full scan: NaN/inf, zero and denormal vectors (raised while streaming) and duplicate ids.
+
+        Returns how many rows hold finite values so large or small that their float32 sum of squares
+        overflows or underflows (one value near 3e38, a row scaled by 1e30): not an error, since
+        :func:`l2_normalize` rescales them exactly first, but worth knowing."""
         ids = np.empty(self.num_rows, dtype=np.int64)
         pos = 0
-        for b in self.iter_batches(batch_rows=DEFAULT_BATCH_ROWS, split=True):
+        rescaled = 0
+        for b in self.iter_batches(batch_rows=DEFAULT_BATCH_ROWS, split=True, normalize=False):
+            assert b.embeddings is not None
+            l2_normalize(
+                b.embeddings, where=f"{self.path / b.file} (id {int(b.ids[0]) if b.ids.size else '?'}...)"
+            )
+            rescaled += rescaled_rows(b.embeddings)
             ids[pos : pos + b.ids.size] = b.ids
             pos += b.ids.size
         check_unique_ids(ids, where=f"store {self.path}")
+        return rescaled
 
     def info(self) -> dict[str, Any]:
         """Rows, dimension, split sizes, concept counts and a prevalence histogram."""
@@ -572,13 +649,57 @@ def _embedding_array(x: np.ndarray) -> pa.FixedSizeListArray:
 
 def _labels_array(labels: Sequence[Sequence[Any]]) -> pa.Array:
     kinds = {type(v) for row in labels for v in row}
+    # a concept listed twice in one row is written once (dict.fromkeys: the first occurrence, in order)
     if kinds and all(issubclass(k, (int, np.integer)) for k in kinds):
-        return pa.array([[int(v) for v in row] for row in labels], type=pa.list_(pa.int64()))
+        return pa.array(
+            [list(dict.fromkeys(int(v) for v in row)) for row in labels], type=pa.list_(pa.int64())
+        )
     if kinds and all(issubclass(k, str) for k in kinds):
-        return pa.array([list(row) for row in labels], type=pa.list_(pa.string()))
+        return pa.array([list(dict.fromkeys(row)) for row in labels], type=pa.list_(pa.string()))
     if not kinds:
         return pa.array([[] for _ in labels], type=pa.list_(pa.int64()))
     raise StoreError(f"labels mix types {sorted(k.__name__ for k in kinds)}; use all int64 or all strings")
+
+
+def store_problem(path: Path) -> str | None:
+    """Why the existing folder ``path`` is not recognisably a store (None when it is one): a store holds
+    only Parquet files, at least one of them data (not ``_``-prefixed) with ``id`` and ``embedding``
+    columns. Reads only the file names and the data files' footers."""
+    entries = sorted(path.iterdir())
+    for p in entries:
+        if p.suffix != ".parquet" or p.is_symlink() or not p.is_file():
+            return f"it holds {p.name}, which is not a store's Parquet file"
+    data = [p for p in entries if not p.name.startswith(("_", "."))]
+    if not data:
+        return "it holds no Parquet data files"
+    for p in data:
+        try:
+            names = pq.read_schema(p).names
+        except Exception:  # noqa: BLE001 - pyarrow raises several types for unreadable files
+            return f"its {p.name} is not a readable Parquet file"
+        if "id" not in names or "embedding" not in names:
+            return f"its {p.name} has no 'id' and 'embedding' columns"
+    return None
+
+
+def check_store_out(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = (),
+) -> None:
+    """Refuse (one line, nothing changed) a store output that overlaps an input, is a file or a symlink, or
+    exists non-empty without ``overwrite`` or as anything but a store: ``--force`` only replaces a store."""
+    check_output_dir(
+        path,
+        kind="store",
+        problem=store_problem,
+        overwrite=overwrite,
+        label="store",
+        error=StoreError,
+        inputs=inputs,
+        force_flag="overwrite / --force",
+    )
 
 
 class StoreWriter:
@@ -602,10 +723,7 @@ class StoreWriter:
         overwrite: bool = False,
     ):
         self.path = Path(path)
-        if self.path.exists() and any(self.path.iterdir()) and not overwrite:
-            raise StoreError(
-                f"{self.path} already exists and is not empty; pass overwrite / --force or pick a new path"
-            )
+        check_store_out(self.path, overwrite=overwrite)
         if dim < 1:
             raise StoreError(f"dim={dim}; the embedding dimension must be at least 1")
         self.dim = int(dim)

@@ -10,9 +10,9 @@ import pyarrow as pa
 import torch
 
 from .atomic import write_parquet
+from .checkpoint import tables
 from .learner import fit_logistic
 from .metrics import average_precision
-from .rundir import tables
 
 
 def full_supervision_ap(run: Any) -> dict[Any, float]:

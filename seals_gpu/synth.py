@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from .config import INT64_MAX, check_fits_memory
 from .errors import ConfigError, StoreError
-from .store import CONCEPTS_FILE, TEST_FRACTION, Store, StoreWriter
+from .store import CONCEPTS_FILE, TEST_FRACTION, Store, StoreWriter, check_store_out
 
 __all__ = ["make_synthetic_store", "CHUNK_ROWS", "SynthParams"]
 
@@ -39,6 +40,8 @@ ROWS_PER_CENTRE = 500
 _HYPERGEOM_MAX = 10**9 - 1  # numpy's hypergeometric needs ngood + nbad below 1e9
 SHIFT = (2.0, 3.0)  # concept offset from its anchor cluster, in subspace noise standard deviations
 SPREAD = 1.2  # sub-cluster offsets around the concept direction, same units
+MAX_ROWS = 2**48  # ids are a bijection onto [0, 2**(bits(n) + 3)), which must stay within int64
+MAX_DIM = 65_536
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,16 @@ def _check_args(n: int, dim: int, concepts: int, prevalence: tuple[float, float]
             raise ConfigError(f"{name}={v!r}; it must be an integer")
     if n < 1:
         raise StoreError(f"n={n}; a synthetic store needs at least 1 row")
+    if n > MAX_ROWS:
+        raise StoreError(f"n={n}; a synthetic store holds at most {MAX_ROWS:,} rows (2**48); lower n")
     if dim < 2:
         raise StoreError(f"dim={dim}; the embedding dimension must be at least 2")
+    if dim > MAX_DIM:
+        raise StoreError(f"dim={dim}; the embedding dimension can be at most {MAX_DIM:,}; lower dim")
     if concepts < 0:
         raise ConfigError(f"concepts={concepts}; the number of concepts cannot be negative")
-    if seed < 0:
-        raise ConfigError(f"seed={seed}; the seed must be a non-negative integer")
+    if seed < 0 or seed > INT64_MAX:
+        raise ConfigError(f"seed={seed}; the seed must be an integer from 0 to 2**63 - 1")
     if batch_rows < 1:
         raise ConfigError(f"batch_rows={batch_rows}; it must be at least 1")
     try:
@@ -96,6 +103,16 @@ def _check_args(n: int, dim: int, concepts: int, prevalence: tuple[float, float]
             f"concepts={concepts} with prevalence MAX={hi}: concepts x MAX = {concepts * hi:g} > 1, so the "
             "concepts could cover more rows than the store has; lower MAX or the number of concepts"
         )
+    # a lower bound of the memory it takes: one write batch of float32 rows and its normalised copy, and
+    # the parameters (background centres and 4 sub-centres per concept, float64), checked before anything
+    rows = min(n, batch_rows)
+    centres = int(np.clip(n // ROWS_PER_CENTRE, MIN_CENTRES, MAX_CENTRES))
+    check_fits_memory(
+        8 * rows * dim + 8 * (centres + 4 * concepts) * dim,
+        what=f"a synthetic store of n={n:,} x dim={dim} with {concepts:,} concepts",
+        fix="lower dim, n or the number of concepts (or batch_rows)",
+        error=ConfigError,
+    )
     return lo, hi
 
 
@@ -308,10 +325,7 @@ def make_synthetic_store(
     lo, hi = _check_args(n, dim, concepts, prevalence, seed, batch_rows)
     n, dim, concepts, seed, batch_rows = int(n), int(dim), int(concepts), int(seed), int(batch_rows)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise StoreError(
-            f"{out} already exists and is not empty; pass overwrite / --force or pick a new path"
-        )
+    check_store_out(out, overwrite=overwrite)  # before any work: --force replaces only a store
     params = _make_params(n, dim, concepts, lo, hi, seed)
     width = max(3, len(str(max(concepts - 1, 0))))
     concepts_table = pa.table(

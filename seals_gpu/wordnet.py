@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import StoreError
-from .store import CONCEPTS_FILE, Store, StoreWriter
+from .store import CONCEPTS_FILE, Store, StoreWriter, check_store_out
 
 __all__ = [
     "DEFAULT_DATA_NOUN",
@@ -320,11 +320,10 @@ def build_wordnet_store(
     if limit is not None and limit < 1:
         raise StoreError(f"limit={limit}; pass at least 1 synset, or None for all")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise StoreError(
-            f"{out} already exists and is not empty; pass overwrite / --force or pick a new path"
-        )
-    synsets = parse_data_noun(DEFAULT_DATA_NOUN if data_noun is None else data_noun)
+    data_noun = DEFAULT_DATA_NOUN if data_noun is None else data_noun
+    # before any work (embedding takes minutes): never over the input, --force replaces only a store
+    check_store_out(out, overwrite=overwrite, inputs=[("WordNet file", data_noun)])
+    synsets = parse_data_noun(data_noun)
     anc = ancestors(synsets)
     items = synsets if limit is None else synsets[:limit]
     if embed is None:
@@ -389,6 +388,11 @@ def import_reference_parquet(
     ``wordnet_noun_concepts.parquet``) into a store folder, without re-embedding. Seconds, not minutes.
     """
     src = Path(src_parquet)
+    check_store_out(
+        out,
+        overwrite=overwrite,
+        inputs=[("embedded parquet", src), ("concepts parquet", concepts_parquet)],
+    )
     if not src.is_file():
         raise StoreError(
             f"{src} not found; pass the embedded WordNet parquet file (wordnet_noun_minilm.parquet)"

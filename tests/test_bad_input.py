@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from seals_gpu.checkpoint import CHECKPOINT
 from seals_gpu.cli import main
 from seals_gpu.driver import run
 from seals_gpu.graph import build_graph
 from seals_gpu.index import IndexSpec, build_index
-from seals_gpu.rundir import CHECKPOINT
 from seals_gpu.store import write_store
 from seals_gpu.synth import make_synthetic_store
 
@@ -278,7 +278,7 @@ CASES: dict[str, Case] = {
         ["index", "info", "{trunc_idx}"], "corrupt or truncated", "rebuild the index"
     ),
     "index-manifest-not-json": Case(
-        ["index", "info", "{badjson_idx}"], "is not valid JSON", "rebuild the index"
+        ["index", "info", "{badjson_idx}"], "is not valid JSON", "rebuild it with `seals-gpu index build"
     ),
     "index-missing": Case(["index", "info", "{new}"], "does not exist", "seals-gpu index build"),
     "index-graph-k0": Case(["index", "graph", "{good_idx}", "--k", "0"], "0 must be at least 1", "--help"),
@@ -403,11 +403,26 @@ def _cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
+def shown(stream: str) -> list[str]:
+    """The non-blank lines a terminal shows for ``stream``: a carriage return (a progress bar redrawing or
+    clearing itself) goes back to the start of the line, and what follows overwrites it."""
+    lines = []
+    for raw in stream.split("\n"):
+        line: list[str] = []
+        for seg in raw.split("\r"):
+            line[: len(seg)] = seg
+        text = "".join(line).rstrip()
+        if text:
+            lines.append(text)
+    return lines
+
+
 def _check(case: Case, code: int, err: str, fx: dict[str, Path], tmp_path: Path, before) -> None:
     assert code == 2, err
     assert "Traceback" not in err
-    lines = err.strip().splitlines()
+    lines = shown(err)
     assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("seals-gpu"), f"something printed before the error: {lines[0]!r}"
     assert case.problem in err, err
     assert case.fix in err, err
     assert not (tmp_path / "new").exists(), "a refused command left partial output"

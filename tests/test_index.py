@@ -187,7 +187,9 @@ def test_ivf_training_sample_defaults_are_capped():
     assert small["train_size"] == max(65_536, 64 * small["nlist"])
     big = IndexSpec(kind="ivfpq").resolve(10**7, 128)
     assert big["nlist"] == 16_384 and big["train_size"] == TRAIN_SIZE_CAP
-    assert IndexSpec(kind="ivfpq", train_size=5000).resolve(10**7, 128)["train_size"] == 5000
+    assert IndexSpec(kind="ivfpq", train_size=20_000).resolve(10**7, 128)["train_size"] == 20_000
+    with pytest.raises(IndexError_, match="--train-size 5000 is fewer training vectors than --nlist 16384"):
+        IndexSpec(kind="ivfpq", train_size=5000).resolve(10**7, 128)  # k-means would fail after the read
     assert IndexSpec(kind="ivfpq", nlist=64).resolve(1000, 8)["train_size"] == 1000  # never above n
 
 

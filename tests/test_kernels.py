@@ -557,7 +557,7 @@ def _phase2_case(case: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torc
 def test_emu_phase2_topb_is_exact(emu: EmuLauncher, case: str) -> None:
     scores, ids, off, b, chunk = _phase2_case(case, 7)
     got = kernels.topb_segments_cuda(scores, ids, off, b, chunk=chunk, launch=emu)
-    assert_topb_equal(got, scoring._segmented_topb(scores, ids, off, b))
+    assert_topb_equal(got, scoring._select_segments(scores, ids, off, b))
 
 
 @needs_cxx
@@ -592,7 +592,7 @@ def test_emu_score_select_matches_reference(emu: EmuLauncher, dtype: torch.dtype
     assert_topb_close(got, bt, b, truth, atol=1e-5)
     # and the selection itself is exact on the kernel's own scores
     s = kernels.score_candidates_cuda(bt["emb"], bt["rows"], bt["offsets"], *unit_args(bt), launch=emu)
-    assert_topb_equal(got, scoring._segmented_topb(s, bt["ids"], bt["offsets"], b))
+    assert_topb_equal(got, scoring._select_segments(s, bt["ids"], bt["offsets"], b))
 
 
 @needs_cxx
@@ -721,7 +721,7 @@ def test_gpu_score_select_matches_reference(dtype: torch.dtype, d: int) -> None:
     assert_topb_close((got.ids, got.scores, got.counts), bt, b, truth, atol=2e-5)
     s = scoring.score_candidates(bt["emb"], bt["rows"], bt["offsets"], *unit_args(bt), backend="cuda")
     torch.testing.assert_close(s.double().cpu(), truth, atol=2e-5, rtol=1e-5)
-    ref = scoring._segmented_topb(s.cpu(), bt["ids"].cpu(), bt["offsets"].cpu(), b)
+    ref = scoring._select_segments(s.cpu(), bt["ids"].cpu(), bt["offsets"].cpu(), b)
     assert_topb_equal((got.ids, got.scores, got.counts), ref)
 
 
@@ -731,7 +731,7 @@ def test_gpu_topb_ties_and_large_b() -> None:
     for case in ("ties", "all_equal", "levels", "b1", "big_b", "random"):
         scores, ids, off, b, chunk = _phase2_case(case, 3)
         got = kernels.topb_segments_cuda(scores.cuda(), ids.cuda(), off.cuda(), b, chunk=chunk)
-        assert_topb_equal(got, scoring._segmented_topb(scores, ids, off, b))
+        assert_topb_equal(got, scoring._select_segments(scores, ids, off, b))
     # a long all-equal segment: the top-b are the b smallest ids
     M = 300_000
     ids = torch.randperm(M, device="cuda") + 5

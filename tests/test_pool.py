@@ -20,13 +20,13 @@ def test_pool_grow_and_remove_match_sets(seed):
     ref: set[int] = set()
     labeled: set[int] = set()
     for _ in range(30):
-        nb = rng.integers(-1, 400, size=int(rng.integers(0, 60)))
+        nb = rng.integers(-3, 400, size=int(rng.integers(0, 60)))  # negative ids are ids like any other
         lab = np.array(sorted(labeled), dtype=np.int64)
         added = pool.grow(nb, lab)
-        want = {int(v) for v in nb if v >= 0} - labeled - ref
+        want = {int(v) for v in nb} - labeled - ref
         assert sorted(want) == added.tolist()
         ref |= want
-        gone = rng.integers(0, 450, size=int(rng.integers(0, 8)))
+        gone = rng.integers(-3, 450, size=int(rng.integers(0, 8)))
         gone = np.unique(gone)
         removed = pool.remove(gone)
         assert sorted(removed.tolist()) == sorted(int(g) for g in gone if int(g) in ref)
@@ -52,8 +52,10 @@ def test_neighbor_cache_matches_a_dict():
     for _ in range(40):  # many small adds: the tables grow past their first capacity (1024)
         ids = cache.missing(rng.choice(10**9, size=60, replace=False))
         width = int(rng.integers(3, k + 3))  # fewer neighbours than k are padded, more are cut
-        I = rng.integers(-1, 10**6, size=(ids.size, width))
+        I = rng.integers(-5, 10**6, size=(ids.size, width))  # -1 and other negative ids are real ids
         D = rng.normal(size=(ids.size, width)).astype(np.float32)
+        D[rng.random(D.shape) < 0.2] = -np.inf  # missing neighbours: told by the similarity alone
+        D[rng.random(D.shape) < 0.02] = np.nan
         cache.add(ids, D, I)
         for j, i in enumerate(ids.tolist()):
             ref[i] = (D[j], I[j])
@@ -64,9 +66,10 @@ def test_neighbor_cache_matches_a_dict():
     for j, i in enumerate(q.tolist()):
         d0, i0 = ref[i]
         w = min(k, i0.size)
-        assert I[j, :w].tolist() == i0[:w].tolist()
+        found = np.isfinite(d0[:w])
+        assert I[j, :w].tolist() == np.where(found, i0[:w], -1).tolist()
         assert (I[j, w:] == -1).all()
-        want_d = np.where(i0[:w] >= 0, d0[:w], -np.inf)
+        want_d = np.where(found, d0[:w], -np.inf)
         assert np.array_equal(D[j, :w], want_d.astype(np.float32))
         assert np.isneginf(D[j, w:]).all()
     assert cache.missing(np.r_[keys[:3], 10**9 + 1]).tolist() == [10**9 + 1]

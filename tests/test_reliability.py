@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from seals_gpu.checkpoint import CHECKPOINT, KILL_AT_ENV
 from seals_gpu.cli import main
-from seals_gpu.rundir import CHECKPOINT, KILL_AT_ENV
 from seals_gpu.store import Store
 from seals_gpu.synth import make_synthetic_store
 

@@ -404,25 +404,6 @@ def test_dense_union_path_equals_reference_on_separated_scores(N):
         assert bool((sc[1:] <= sc[:-1]).all())
 
 
-def test_segmented_topb_padded_path_equals_a_plain_sort():
-    """Sorted-pool segments take the padded top-k path; it must equal (score desc, id asc) sorting,
-    ties and empty segments included."""
-    from seals_gpu import scoring
-
-    g = torch.Generator().manual_seed(5)
-    lens = [0, 7, 300, 1, 0, 128, 55]
-    off = torch.tensor([0] + lens).cumsum(0)
-    ids = torch.cat([torch.sort(torch.randperm(10_000, generator=g)[:n]).values for n in lens])
-    scores = torch.randint(0, 6, (int(off[-1]),), generator=g).float() / 5  # many exact ties
-    for b in (1, 5, 64):
-        got = scoring._segmented_topb(scores, ids, off, b)
-        for u, n in enumerate(lens):
-            seg = sorted(zip((-scores[off[u] : off[u + 1]]).tolist(), ids[off[u] : off[u + 1]].tolist()))[:b]
-            assert int(got.counts[u]) == min(b, n)
-            assert got.ids[u, : min(b, n)].tolist() == [i for _, i in seg]
-            assert bool((got.ids[u, min(b, n) :] == -1).all())
-
-
 @pytest.mark.parametrize("seed", range(5))
 def test_score_all_pruning_changes_nothing(seed, monkeypatch) -> None:
     """MaxEnt/MLP units prune by a logit bound once they hold b items: same ids, scores and counts as

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, check_output_dir
 from ..errors import IndexError_
 from ..store import Store, check_unique_ids
 from .merge import merge_neighbors
@@ -82,6 +83,12 @@ class IndexSpec:
             p["train_size"] = int(
                 self.train_size or min(n, max(65_536, min(64 * p["nlist"], TRAIN_SIZE_CAP)))
             )
+            if self.train_size is not None and self.train_size < p["nlist"]:
+                raise IndexError_(
+                    f"--train-size {self.train_size} is fewer training vectors than --nlist {p['nlist']} lists "
+                    f"(k-means needs one per list, 64 is usual; the store has {n:,} rows); raise --train-size "
+                    f"to at least {p['nlist']} or lower --nlist"
+                )
             p["seed"] = self.seed
             out.update(p)
         return out
@@ -94,6 +101,47 @@ def _progress(total: int, desc: str, enabled: bool):
 
     bar = tqdm(total=total, desc=desc, unit="rows", unit_scale=True, leave=False)
     return bar, bar.update
+
+
+INDEX_ENTRY = re.compile(r"^(manifest\.json|trained\.faiss|shard-[0-9]{5})$")
+
+
+def index_problem(path: Path) -> str | None:
+    """Why the existing folder ``path`` is not recognisably an index folder (None when it is one): its
+    ``manifest.json`` has this module's format, and besides it only ``trained.faiss``, ``shard-NNNNN``
+    folders and kNN graph folders (``index graph``'s default ``graph-kK``, each with its ``graph.json``)."""
+    try:
+        fmt = json.loads((path / "manifest.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    if fmt != FORMAT:
+        return "no seals_gpu index manifest.json in it"
+    for p in sorted(path.iterdir()):
+        if p.is_symlink():
+            return f"it holds the symbolic link {p.name}"
+        if INDEX_ENTRY.match(p.name) and (p.is_dir() == p.name.startswith("shard-")):
+            continue
+        if p.is_dir() and (p / "graph.json").is_file():
+            continue
+        return f"it holds {p.name}, which is not part of an index"
+    return None
+
+
+def check_index_out(
+    out: str | os.PathLike[str], *, overwrite: bool, store_path: str | os.PathLike[str] | None = None
+) -> None:
+    """Refuse (one line, nothing changed) an index output that is, holds or lies inside the store, is a
+    file or a symlink, or exists non-empty without ``overwrite`` or as anything but an index: ``--force``
+    only replaces an index folder."""
+    check_output_dir(
+        out,
+        kind="index folder",
+        problem=index_problem,
+        overwrite=overwrite,
+        label="index output",
+        error=IndexError_,
+        inputs=[("store", store_path)],
+    )
 
 
 def build_index(
@@ -119,8 +167,7 @@ def build_index(
     """
     store = store if isinstance(store, Store) else Store(store)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise IndexError_(f"{out} already exists and is not empty; pass --force or choose another folder")
+    check_index_out(out, overwrite=overwrite, store_path=store.path)
     n, d = store.num_rows, store.dim
     params = spec.resolve(n, d)
     sorted_ids = store.read_ids()
@@ -250,21 +297,82 @@ def fill_shards_local(
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The index's ``manifest.json``, checked: anything unreadable, malformed or inconsistent is one
+    :class:`IndexError_` line naming the file and how to rebuild it (never a KeyError or TypeError later)."""
     path = Path(path)
     mf = path / "manifest.json"
+    if path.exists() and not path.is_dir():
+        raise IndexError_(f"index {path} is a file; an index is the folder `seals-gpu index build` writes")
     if not path.is_dir():
         raise IndexError_(f"index {path} does not exist; build one with `seals-gpu index build STORE {path}`")
-    if not mf.exists():
+    if not os.path.lexists(mf):
         raise IndexError_(
             f"{mf} is missing: {path} is not a complete index; rebuild it with `seals-gpu index build`"
         )
+    rebuild = f"rebuild it with `seals-gpu index build STORE {path} --force`"
     try:
-        m = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise IndexError_(f"{mf} is not valid JSON ({e}); rebuild the index") from None
-    if m.get("format") != FORMAT:
-        raise IndexError_(f"{mf}: format {m.get('format')!r}, expected {FORMAT!r}; rebuild the index")
+        m = json.loads(mf.read_bytes())
+    except OSError as e:
+        raise IndexError_(f"{mf} cannot be read ({e.strerror or e}); {rebuild}") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise IndexError_(f"{mf} is not valid JSON ({' '.join(str(e).split())}); {rebuild}") from None
+    why = _manifest_problem(m)
+    if why is not None:
+        store = m.get("store") if isinstance(m, dict) else None
+        if isinstance(store, dict) and isinstance(store.get("path"), str):
+            rebuild = rebuild.replace("STORE", store["path"])
+        raise IndexError_(f"{mf}: {why}; {rebuild}")
     return m
+
+
+def _is_int(v: Any, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _manifest_problem(m: Any) -> str | None:
+    """What is wrong with a parsed manifest (None when nothing is): its keys, their types, its shards."""
+    if not isinstance(m, dict):
+        return f"it holds a JSON {type(m).__name__}, not an object"
+    if m.get("format") != FORMAT:
+        return f"format {m.get('format')!r}, expected {FORMAT!r}"
+    missing = [k for k in ("kind", "dim", "ntotal", "store", "params", "shards") if k not in m]
+    if missing:
+        return f"it lacks {', '.join(repr(k) for k in missing)}"
+    if m["kind"] not in KINDS:
+        return f"kind {m['kind']!r} is not one of {', '.join(KINDS)}"
+    if not _is_int(m["dim"], 1) or not _is_int(m["ntotal"]):
+        return f"dim {m['dim']!r} and ntotal {m['ntotal']!r} must be integers (dim at least 1)"
+    if not isinstance(m["store"], dict) or not isinstance(m["store"].get("fingerprint"), str):
+        return "'store' must be an object with the store's 'fingerprint'"
+    if not isinstance(m["params"], dict) or not all(
+        _is_int(m["params"].get(k, 1), 1) for k in ("nprobe", "rerank", "nlist", "pq_m")
+    ):
+        return "'params' must be an object of positive integer settings"
+    shards = m["shards"]
+    if not isinstance(shards, list):
+        return f"'shards' holds a {type(shards).__name__}, not a list"
+    if not shards:
+        return "it lists no shards"
+    last = None
+    for i, s in enumerate(shards):
+        if not isinstance(s, dict) or not all(k in s for k in ("dir", "n", "id_min", "id_max")):
+            return f"shard {i} must be an object with 'dir', 'n', 'id_min' and 'id_max'"
+        d = s["dir"]
+        if not isinstance(d, str) or not d or d in (".", "..") or "/" in d or "\\" in d or "\0" in d:
+            return f"shard {i} has dir {d!r}; it must be the name of a folder inside the index"
+        if not _is_int(s["n"]) or not all(
+            _is_int(s[k], -(2**63)) and s[k] < 2**63 for k in ("id_min", "id_max")
+        ):
+            return f"shard {i} ({d}) must have an integer 'n' and int64 'id_min' and 'id_max'"
+        if s["n"] and s["id_min"] > s["id_max"]:
+            return f"shard {i} ({d}) has id_min {s['id_min']} above id_max {s['id_max']}"
+        if s["n"] and last is not None and s["id_min"] <= last:
+            return f"shard {i} ({d}) starts at id {s['id_min']}, not after the previous shard's ids"
+        if s["n"]:
+            last = s["id_max"]
+    if sum(s["n"] for s in shards) != m["ntotal"]:
+        return f"its shards hold {sum(s['n'] for s in shards)} rows but ntotal is {m['ntotal']}"
+    return None
 
 
 class LocalIndex:

@@ -124,7 +124,10 @@ class IndexShard:
         if ids.ndim != 1 or vectors.ndim != 2 or vectors.shape[0] != ids.shape[0]:
             raise IndexError_(f"shard ids {ids.shape} and vectors {vectors.shape} disagree")
         if ids.size > 1 and not (ids[1:] > ids[:-1]).all():
-            raise IndexError_("shard ids must be unique and sorted ascending")
+            raise IndexError_(
+                "shard ids must be unique and sorted ascending; sort the ids (and their vectors' rows with "
+                "them) by id and drop repeats before building a shard"
+            )
         if kind == "ivfpq" and faiss_index is None:
             raise IndexError_("an ivfpq shard needs its FAISS index")
         self.ids = ids
@@ -211,6 +214,12 @@ class IndexShard:
                 f"{folder}: ids {ids.dtype}{ids.shape} and vectors {vectors.dtype}{vectors.shape} disagree; "
                 "rebuild the index"
             )
+        if ids.size > 1 and not (ids[1:] > ids[:-1]).all():
+            raise IndexError_(
+                f"{folder / 'ids.npy'}: its ids are not unique and sorted ascending, as a shard's must be (the "
+                "file was changed after the build); rebuild the index with `seals-gpu index build STORE "
+                f"{folder.parent} --force`"
+            )
         index = None
         if kind == "ivfpq":
             path = folder / "index.faiss"
@@ -295,7 +304,8 @@ class IndexShard:
     def search(
         self, xq: np.ndarray, k: int, *, exclude_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` neighbours by cosine similarity. Returns ``(D, I)``, (nq, k), global ids, -1 padded.
+        """Top-``k`` neighbours by cosine similarity. Returns ``(D, I)``, (nq, k), global ids; a slot is a
+        neighbour iff its ``D`` is finite (missing slots: ``-inf`` / ``-1``; any int64 is a legal id).
 
         ``exclude_ids`` (nq,): drop that id from each query's result (a query's own id).
         """
@@ -324,8 +334,8 @@ class IndexShard:
         pos = np.asarray(pos, dtype=np.int64)
         sims = exact_scores(xq, self.vectors, pos)
         gids = np.where(pos >= 0, self.ids[np.maximum(pos, 0)], -1)
-        if exclude_ids is not None:
-            gids = np.where(gids == exclude_ids[:, None], -1, gids)
+        if exclude_ids is not None:  # dropped by its similarity: a missing slot is one with D = -inf
+            sims = np.where((pos >= 0) & (gids == exclude_ids[:, None]), -np.inf, sims).astype(np.float32)
         from .merge import sort_neighbors
 
         return sort_neighbors(sims, gids, k)
@@ -372,8 +382,8 @@ def train_ivfpq(sample: np.ndarray, *, nlist: int, pq_m: int, seed: int = 1234) 
         raise IndexError_(f"--nlist {nlist} must be at least 1")
     if n < nlist:
         raise IndexError_(
-            f"--nlist {nlist} needs at least {nlist} training vectors, the store has {n}; "
-            "lower --nlist or use --kind flat"
+            f"--nlist {nlist} needs at least {nlist} training vectors, but the training sample has {n}; "
+            "raise --train-size or lower --nlist, or use --kind flat"
         )
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)

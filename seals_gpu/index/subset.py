@@ -3,9 +3,9 @@
 SEALS's neighbourhood ``N(z, k)`` is taken among the *train* rows only (the test split never enters a pool),
 so the driver searches a row subset of the index, not the whole store. Both searchers here hold that subset
 as one contiguous float32 matrix and answer ``search(xq, k, exclude_ids) -> (D, I)`` exactly like
-:meth:`seals_gpu.index.shard.IndexShard.search`: global ids, ``-inf`` / ``-1`` padding, similarity
-descending then id ascending, similarities re-scored in float64 so every searcher and batch gives the same
-bits for the same pair.
+:meth:`seals_gpu.index.shard.IndexShard.search`: global ids, ``-inf`` / ``-1`` padding (a slot is a
+neighbour iff its similarity is finite), similarity descending then id ascending, similarities re-scored
+in float64 so every searcher and batch gives the same bits for the same pair.
 
 ``FlatSubset``  exact: blocked float32 GEMM + top-(k + margin), then the float64 re-score of those.
 ``IvfSubset``   approximate, for many queries against many rows: k-means lists (spherical, FAISS's k-means),
@@ -72,24 +72,23 @@ def _finish(
     in float64 (:func:`exact_scores`), so the set of ids returned does not depend on GEMM rounding (and so
     not on the batch a query came in); elsewhere ``D`` keeps the float32 GEMM value.
     """
-    sims = np.where(pos >= 0, sims, -np.inf).astype(np.float32)
+    # a candidate is dropped by its similarity (-inf), never by its id: every int64 is a legal id
     gids = np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
+    drop = pos < 0
     if exclude_ids is not None:
-        own = gids == exclude_ids[:, None]
-        gids = np.where(own, -1, gids)
-        sims = np.where(own, -np.inf, sims)
+        drop |= gids == exclude_ids[:, None]
+    sims = np.where(drop, -np.inf, sims).astype(np.float32)
     D, I = sort_neighbors(sims, gids, min(k + 1, sims.shape[1]))
     if D.shape[1] > k:
         with np.errstate(invalid="ignore"):  # -inf - -inf where a row has fewer than k + 1 candidates
             gap = D[:, k - 1] - D[:, k]
-        risky = np.flatnonzero((I[:, k] >= 0) & (gap < TIE_EPS))
+        risky = np.flatnonzero(np.isfinite(D[:, k]) & (gap < TIE_EPS))
     else:
         risky = np.empty(0, np.int64)
     D, I = D[:, :k], I[:, :k]
     if risky.size:
         exact = exact_scores(xq[risky], vectors, pos[risky])
-        own_r = gids[risky] < 0
-        exact = np.where(own_r, -np.inf, exact)
+        exact = np.where(drop[risky], -np.inf, exact)
         Dr, Ir = sort_neighbors(exact, gids[risky], k)
         D[risky], I[risky] = Dr, Ir
     if D.shape[1] < k:
@@ -440,8 +439,8 @@ class IvfSubset:
         pick = np.sort(rng.choice(self.ntotal, size=min(n_queries, self.ntotal), replace=False))
         q, qid = self.vectors[pick], self.ids[pick]
         exact = FlatSubset(self.ids, self.vectors)  # list-major rows: positions are this index's own
-        _, I0 = exact.search(q, k, exclude_ids=qid)
-        valid = I0 >= 0
+        D0, I0 = exact.search(q, k, exclude_ids=qid)
+        valid = np.isfinite(D0)  # a missing neighbour is told by its similarity, not its id
         pos = np.zeros(I0.shape, dtype=np.int64)
         order = np.argsort(self.ids, kind="stable")
         pos[valid] = order[np.searchsorted(self.ids[order], I0[valid])]

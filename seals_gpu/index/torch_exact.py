@@ -150,13 +150,17 @@ class TorchExactIndex:
                 pass
         return (q.to(torch.float32) @ blk.t().to(torch.float32)).to(torch.float32)
 
-    def _rescore(self, xq: np.ndarray, cand: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact float64 similarities of the candidates (-1 = none), ordered (sim desc, id asc), first kk.
+    def _rescore(
+        self, xq: np.ndarray, cand: torch.Tensor, valid: torch.Tensor, kk: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact float64 similarities of the candidates where ``valid`` (any id, negative ones included, is
+        legal: validity never comes from the id), ordered (sim desc, id asc), first kk; missing slots get
+        ``-inf`` / ``-1``.
 
         The per-pair dot product does not depend on where a vector sat in its matmul block, so equal vectors
         get equal similarities and ties resolve by id (within the candidate margin)."""
-        valid = cand >= 0
-        pos = torch.searchsorted(self._ids_t, cand.clamp(min=0)).clamp(max=max(self.ntotal - 1, 0))
+        # the candidates' own rows (a missing slot's is any row: it is masked below)
+        pos = torch.searchsorted(self._ids_t, cand).clamp(max=max(self.ntotal - 1, 0))
         q64 = torch.from_numpy(xq).to(device=self.device, dtype=torch.float64)
         V = self._vec[pos].to(torch.float64)  # (nq, kc, d)
         sims = (V * q64[:, None, :]).sum(dim=-1)
@@ -176,11 +180,11 @@ class TorchExactIndex:
         Args:
             xq: (nq, d) float queries (l2-normalised for cosine similarity).
             k: neighbours per query (>= 1).
-            exclude_ids: (nq,) int64, an id to drop from each query's result (its own id; -1 for none).
+            exclude_ids: (nq,) int64, an id to drop from each query's result (its own id).
 
         Returns:
-            ``(D (nq, k) float32, I (nq, k) int64)``: similarity descending then id ascending, padded with
-            ``-inf`` / ``-1``.
+            ``(D (nq, k) float32, I (nq, k) int64)``: similarity descending then id ascending; a slot is a
+            neighbour iff its ``D`` is finite (missing slots: ``-inf`` / ``-1``; -1 is also a legal id).
         """
         if isinstance(k, bool) or int(k) < 1:
             raise IndexError_(f"k={k}; the number of neighbours must be at least 1")
@@ -215,10 +219,11 @@ class TorchExactIndex:
                 e = min(n, s + blk_rows)
                 S = self._sims(q, self._vec[s:e])
                 res = merge_topb(res, _rowwise_topb(S, self._ids_t[s:e], kc), kc)
-            sc, ids_c = self._rescore(xq[qs:qe], res.ids, kk)
+            found = torch.arange(res.b, device=self.device)[None, :] < res.counts[:, None]
+            sc, ids_c = self._rescore(xq[qs:qe], res.ids, found, kk)
             if ex is not None:
                 ex_t = torch.from_numpy(ex[qs:qe]).to(self.device)
-                match = (ids_c == ex_t[:, None]) & (ids_c >= 0)
+                match = (ids_c == ex_t[:, None]) & torch.isfinite(sc)
                 keep = ~match
                 keep[:, -1] &= match.any(dim=1)  # no match: drop the (k+1)-th instead
                 ids_c = ids_c[keep].view(qe - qs, k)
