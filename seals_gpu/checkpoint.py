@@ -235,7 +235,11 @@ def check_checkpoint(arrays: dict[str, np.ndarray], path: Path, cfg: RunConfig, 
             raise corrupt(f"u{i}_labeled holds {n} ids, repeats or more than the budget of {cfg.budget}")
         if n and not (r.min() >= 0 and r.max() <= rnd):
             raise corrupt(f"u{i}_rounds holds rounds outside 0..{rnd}")
-        want(f"u{i}_pool", "iu", (None,))
+        pool = want(f"u{i}_pool", "iu", (None,))
+        if pool.size and not (np.diff(pool) > 0).all():
+            raise corrupt(f"u{i}_pool is not sorted and unique")
+        if pool.size and n and np.isin(ids, pool).any():
+            raise corrupt(f"u{i}_pool holds ids the unit has labeled")
         if s == "id":
             want(f"u{i}_ref", "f", (dim,))
         total += n

@@ -194,27 +194,13 @@ def test_a_corrupted_store_file_is_read_or_refused_in_one_line(tiny, tmp_path_fa
         if code != 0:
             _refused_cleanly(code, err)
     out = base / "run"
-    code, err = _cli(
-        [
-            "run",
-            store,
-            "--out",
-            out,
-            "--concepts",
-            "0",
-            "--k",
-            "5",
-            "--budget",
-            "120",
-            "--batch",
-            "20",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--no-cache",
-        ],  # fmt: skip
-        capsys,
-    )
+    _small_run_or_clean_refusal(capsys, store, out)
+
+
+def _small_run_or_clean_refusal(capsys, store: Path, out: Path, *extra: object) -> None:
+    """A small run on ``store`` succeeds, or is refused in one line without creating ``out``."""
+    args = ["run", store, "--out", out, "--concepts", "0", *extra, "--device", "cpu", "--quiet", "--no-cache"]
+    code, err = _cli([*args, *_opts(k=5, budget=120, batch=20)], capsys)
     if code != 0:
         _refused_cleanly(code, err)
         assert not out.exists()
@@ -247,43 +233,21 @@ def test_a_corrupted_index_manifest_is_refused_in_one_line(tiny, tmp_path_factor
     if code != 0:
         _refused_cleanly(code, err)
     out = base / "run"
-    code, err = _cli(
-        [
-            "run",
-            tiny["store"],
-            "--index",
-            idx,
-            "--out",
-            out,
-            "--concepts",
-            "0",
-            "--k",
-            "5",
-            "--budget",
-            "120",
-            "--batch",
-            "20",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--no-cache",
-        ],  # fmt: skip
-        capsys,
-    )
-    if code != 0:
-        _refused_cleanly(code, err)
-        assert not out.exists()
+    _small_run_or_clean_refusal(capsys, tiny["store"], out, "--index", idx)
 
 
 @pytest.fixture(scope="module")
 def finished_run(tiny) -> Path:
     out = tiny["base"] / "finished"
-    args = [
+    assert main([str(a) for a in _ckpt_run_args(tiny, out)]) == 0
+    return out
+
+
+def _ckpt_run_args(tiny: dict[str, Path], out: Path) -> list:
+    return [
         "run", tiny["store"], "--out", out, "--concepts", "0,1", "--strategies", "maxent,id", "--k", "5",
         "--budget", "140", "--batch", "20", "--device", "cpu", "--quiet", "--no-cache",
     ]  # fmt: skip
-    assert main([str(a) for a in args]) == 0
-    return out
 
 
 @SETTINGS
@@ -313,11 +277,7 @@ def test_a_corrupted_checkpoint_is_refused_and_nothing_changes(
         with open(path, "wb") as f:
             np.savez(f, **arrays)
     before = _snapshot(run)
-    args = [
-        "run", tiny["store"], "--out", run, "--concepts", "0,1", "--strategies", "maxent,id", "--k", "5",
-        "--budget", "140", "--batch", "20", "--device", "cpu", "--quiet", "--no-cache", "--resume",
-    ]  # fmt: skip
-    code, err = _cli(args, capsys)
+    code, err = _cli([*_ckpt_run_args(tiny, run), "--resume"], capsys)
     _refused_cleanly(code, err)
     assert "already finished" not in err
     assert _snapshot(run) == before, "a refused resume changed the run folder"
