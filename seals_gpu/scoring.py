@@ -802,6 +802,7 @@ def score_all(
     kind_noid = torch.where(kind == KIND_ID, torch.zeros_like(kind), kind)
     is_maxent = (kind_noid == KIND_MAXENT)[:, None]
     bound: torch.Tensor | None = None  # per-unit pruning bound on the logits, once known
+    f_floor: torch.Tensor | None = None  # per-unit floor on id's density factor, with the bound
     excl = _Exclusion(exclude, U, dev)
     if max_elems is None:
         max_elems = (1 << 24) if dev.type == "cuda" else (1 << 22)
@@ -827,21 +828,29 @@ def score_all(
             Xs = X[s:e].to(cdt)
             ids_s = ids_t[s:e]
             Z = (Xs @ Wt + bc).t()  # (U, n_s) view of the logits
+            # id's density factor f = max(x . ref, 0)^beta, always from this one dense product (the factor of a
+            # pair must not depend on what else the pruning kept)
+            sim = torch.clamp_min(Xs @ R2t, 0.0).pow(beta).t() if R2t is not None else None  # (U2, n_s)
             if bound is not None and _PRUNE:
                 keep = torch.where(is_maxent, Z.abs() <= bound[:, None], Z >= bound[:, None])
-                if 8 * int(keep.sum()) <= keep.numel():
-                    out = merge_topb(out, _sparse_topb(Z, keep, ids_s, kind_noid, beta, excl, b), b)
-                    bound = _prune_bound(out, kind_noid, b)
+                if sim is not None:
+                    # score = H(z) f >= s_b needs H(z) >= s_b (so |z| <= r, valid while f <= 1: unit rows, a
+                    # mean of unit rows) and f >= s_b / ln 2; blocks where f > 1 (or NaN) are scored densely
+                    keep = keep if bool(sim.max() <= 1.0) else None
+                    if keep is not None:
+                        keep[idx2] &= sim >= f_floor[idx2, None]
+                if keep is not None and 8 * int(keep.sum()) <= keep.numel():
+                    sparse = _sparse_topb(Z, keep, ids_s, kind_noid, beta, excl, b, idx2, sim)
+                    out = merge_topb(out, sparse, b)
+                    bound, f_floor = _prune_bound(out, kind_noid, b), _density_floor(out, b, cdt)
                     continue
             S = strategy_scores(Z, kind_noid[:, None], None, beta).contiguous()
-            if R2t is not None:
-                sim = torch.clamp_min(Xs @ R2t, 0.0).pow(beta).t()  # (U2, n_s)
+            if sim is not None:
                 S[idx2] = S[idx2] * sim
             S = torch.where(torch.isnan(S), torch.full_like(S, _NEG_INF), S) + 0.0
             excl.apply(S, ids_s)
             out = merge_topb(out, _rowwise_topb(S, ids_s, b), b)
-            if not has_id:
-                bound = _prune_bound(out, kind_noid, b)
+            bound, f_floor = _prune_bound(out, kind_noid, b), _density_floor(out, b, cdt)
     out.scores = out.scores.to(torch.float32)
     return out
 
@@ -849,6 +858,16 @@ def score_all(
 _PRUNE = True  # tests switch it off to compare against the unpruned computation
 _PRUNE_MARGIN = 1e-4  # relative; float32 scores are accurate to ~1e-6 relative
 _PRUNE_MIN_SCORE = 1e-20  # below this (near float32 underflow) no pruning
+
+
+def _density_floor(out: TopB, b: int, cdt: torch.dtype) -> torch.Tensor:
+    """Per-unit floor on id's density factor: ``f >= s_b (1 - margin) / ln 2`` (entropy is at most ln 2),
+    rounded down into ``cdt``; ``-inf`` (keep everything) for units without a usable b-th score."""
+    sb = out.scores[:, b - 1].to(torch.float64)
+    ok = (out.counts >= b) & torch.isfinite(sb) & (sb >= _PRUNE_MIN_SCORE)
+    floor = (sb * (1.0 - _PRUNE_MARGIN) / math.log(2.0)).to(cdt)
+    floor = torch.nextafter(floor, torch.full_like(floor, -math.inf))
+    return torch.where(ok, floor, torch.full_like(floor, -math.inf))
 
 
 def _prune_bound(out: TopB, kind: torch.Tensor, b: int) -> torch.Tensor:
@@ -892,12 +911,20 @@ def _sparse_topb(
     beta: float,
     excl: _Exclusion,
     b: int,
+    idx2: torch.Tensor | None = None,
+    sim: torch.Tensor | None = None,
 ) -> TopB:
-    """Top-b per unit over the (unit, item) pairs of ``keep`` only (Z, keep: (U, n); ids (n,) ascending)."""
+    """Top-b per unit over the (unit, item) pairs of ``keep`` only (Z, keep: (U, n); ids (n,) ascending).
+    Units ``idx2`` (id) multiply their entropy by their row of ``sim`` ((U2, n) density factors)."""
     U = Z.shape[0]
     dev = Z.device
     u_idx, j_idx = keep.nonzero(as_tuple=True)  # row-major: grouped by unit, items ascending
     sc = strategy_scores(Z[u_idx, j_idx], kind[u_idx], None, beta)
+    if sim is not None and idx2 is not None and idx2.numel():
+        row = torch.full((U,), -1, dtype=torch.int64, device=dev)
+        row[idx2] = torch.arange(idx2.numel(), device=dev)
+        r = row[u_idx]
+        sc = torch.where(r >= 0, sc * sim[r.clamp(min=0), j_idx], sc)
     sc = torch.where(torch.isnan(sc), torch.full_like(sc, _NEG_INF), sc) + 0.0
     ids_sel = ids[j_idx]
     if excl.active and u_idx.numel():

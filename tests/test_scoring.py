@@ -404,11 +404,12 @@ def test_dense_union_path_equals_reference_on_separated_scores(N):
         assert bool((sc[1:] <= sc[:-1]).all())
 
 
+@pytest.mark.parametrize("with_id", [False, True])
 @pytest.mark.parametrize("seed", range(5))
-def test_score_all_pruning_changes_nothing(seed, monkeypatch) -> None:
-    """MaxEnt/MLP units prune by a logit bound once they hold b items: same ids, scores and counts as
-    the unpruned pass, bit for bit (ties, NaN rows, exclusions and saturated scores included), and the
-    pruned path really runs."""
+def test_score_all_pruning_changes_nothing(seed, with_id, monkeypatch) -> None:
+    """Units prune once they hold b items (MaxEnt/MLP by a logit bound from their b-th score; ID by the
+    entropy bound and a floor on its density factor): same ids, scores and counts as the unpruned pass, bit
+    for bit (ties, NaN rows, exclusions and saturated scores included), and the pruned path really runs."""
     from seals_gpu import scoring
 
     rng = np.random.default_rng(seed)
@@ -424,15 +425,21 @@ def test_score_all_pruning_changes_nothing(seed, monkeypatch) -> None:
     scale = torch.tensor([0.0 if flat else 8.0, 0.5, 4.0, 30.0, 4.0, 200.0])[:, None]  # mild .. saturated
     W = torch.randn(U, d, generator=g) * scale
     bias = torch.randn(U, generator=g) * 2 - 3
-    kind = torch.tensor([0, 0, 0, 1, 1, 0], dtype=torch.int8)
+    kind = torch.tensor([2, 0, 2, 1, 2, 0] if with_id else [0, 0, 0, 1, 1, 0], dtype=torch.int8)
+    ref = None
+    beta = 1.0 + seed % 3 * 0.5
+    if with_id:  # mean-like references of norm <= 1 (one of norm 1.5: its blocks are scored densely)
+        W[[2, 4]] *= 4  # rare-concept-like: most items confidently negative
+        ref = torch.nn.functional.normalize(torch.randn(U, d, generator=g), dim=1)
+        ref = ref * torch.tensor([0.3, 1.0, 0.8, 1.0, 1.5 if flat else 1.0, 1.0])[:, None]
     exclude = [np.sort(rng.choice(ids, size=k, replace=False)) for k in (0, 30, 300, 7, 0, 50)]
     calls = []
     real = scoring._sparse_topb
     monkeypatch.setattr(scoring, "_sparse_topb", lambda *a: calls.append(1) or real(*a))
     for blk in (97, 500):
-        got = score_all(_blocks(ids, x, blk), W, bias, kind, None, 1.0, b, exclude=exclude, max_elems=600)
+        got = score_all(_blocks(ids, x, blk), W, bias, kind, ref, beta, b, exclude=exclude, max_elems=600)
         monkeypatch.setattr(scoring, "_PRUNE", False)
-        want = score_all(_blocks(ids, x, blk), W, bias, kind, None, 1.0, b, exclude=exclude, max_elems=600)
+        want = score_all(_blocks(ids, x, blk), W, bias, kind, ref, beta, b, exclude=exclude, max_elems=600)
         monkeypatch.setattr(scoring, "_PRUNE", True)
         assert torch.equal(got.counts, want.counts)
         assert torch.equal(got.ids, want.ids)
@@ -442,6 +449,8 @@ def test_score_all_pruning_changes_nothing(seed, monkeypatch) -> None:
         keep = ~np.isin(ids, exclude[u]) & ~np.isnan(x).any(axis=1)
         z = x[keep].astype(np.float64) @ W[u].double().numpy() + float(bias[u])
         s = 1 / (1 + np.exp(-z)) if kind[u] == 1 else strategy_scores(torch.from_numpy(z), 0).numpy()
+        if kind[u] == 2:
+            s = s * np.maximum(x[keep].astype(np.float64) @ ref[u].double().numpy(), 0.0) ** beta
         kth = np.sort(s)[::-1][b - 1]
         sel = got.unit(u)[1]
         assert sel.size == b and sel.min() >= kth * (1 - 1e-5) - 1e-12
