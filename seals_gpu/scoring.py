@@ -764,13 +764,17 @@ def score_all(
     block with the same order as :func:`score_select` (score desc, id asc), so memory stays bounded by the
     block (split further so that no more than ``max_elems`` scores exist at once), never (N, U).
 
-    Pruning (when no unit is kind 2): once a unit holds ``b`` items, only logits that could still beat its
-    b-th score are scored. MaxEnt's score decreases with ``|z|`` and MLP's increases with ``z``, so the
-    b-th score ``s_b`` gives a logit bound (``H(r) = s_b (1 - 1e-4)``, ``sigmoid(z_b) = s_b (1 - 1e-4)``,
-    in float64); the 1e-4 margin is far above the float32 rounding of the scores, so every pruned item
-    scores strictly below ``s_b`` and the result equals the unpruned one. Blocks where more than 1/8 of the
-    (unit, item) pairs survive are scored densely. This skips most of the elementwise work, the exclusion
-    test and the per-block top-b after the first blocks.
+    Pruning: once a unit holds ``b`` items, only logits that could still beat its b-th score are scored.
+    MaxEnt's score decreases with ``|z|`` and MLP's increases with ``z``, so the b-th score ``s_b`` gives a
+    logit bound (``H(r) = s_b (1 - 1e-4)``, ``sigmoid(z_b) = s_b (1 - 1e-4)``, in float64). ID's score
+    ``H(z) f`` (``f = max(x . ref, 0)^beta``, at most 1 for unit rows and a mean of them; blocks where it is
+    not are scored densely) needs both ``H(z) >= s_b`` and ``f >= s_b / ln 2``; its ``f`` always comes from
+    the dense product, so a kept pair's score does not depend on what else was kept. The 1e-4 margin is far
+    above the float32 rounding of the scores, so every pruned item scores strictly below ``s_b`` and the
+    result equals the unpruned one. Blocks where more than 1/8 of the (unit, item) pairs survive are scored
+    densely, and the next attempt waits 1, 3, 7, ... (at most 16) blocks, so data that does not prune costs
+    little more than the dense pass. Pruning skips most of the elementwise work, the exclusion test and the
+    per-block top-b after the first blocks.
 
     Args:
         blocks: iterable of ``(ids (n,) int64, X (n, d) float)`` (torch or numpy), e.g. a store's batches.
@@ -801,8 +805,10 @@ def score_all(
     R2t = ref.to(cdt)[idx2].t().contiguous() if has_id else None  # (d, U2)
     kind_noid = torch.where(kind == KIND_ID, torch.zeros_like(kind), kind)
     is_maxent = (kind_noid == KIND_MAXENT)[:, None]
-    bound: torch.Tensor | None = None  # per-unit pruning bound on the logits, once known
+    bound: torch.Tensor | None = None  # per-unit pruning bound on the logits (None: recompute from the top-b)
     f_floor: torch.Tensor | None = None  # per-unit floor on id's density factor, with the bound
+    have_top = False  # the running top-b has been merged at least once
+    backoff = skip = 0  # after a pruning attempt that kept too much, skip the next `skip` blocks (doubling)
     excl = _Exclusion(exclude, U, dev)
     if max_elems is None:
         max_elems = (1 << 24) if dev.type == "cuda" else (1 << 22)
@@ -831,7 +837,9 @@ def score_all(
             # id's density factor f = max(x . ref, 0)^beta, always from this one dense product (the factor of a
             # pair must not depend on what else the pruning kept)
             sim = torch.clamp_min(Xs @ R2t, 0.0).pow(beta).t() if R2t is not None else None  # (U2, n_s)
-            if bound is not None and _PRUNE:
+            if have_top and _PRUNE and skip == 0:
+                if bound is None:
+                    bound, f_floor = _prune_bound(out, kind_noid, b), _density_floor(out, b, cdt)
                 keep = torch.where(is_maxent, Z.abs() <= bound[:, None], Z >= bound[:, None])
                 if sim is not None:
                     # score = H(z) f >= s_b needs H(z) >= s_b (so |z| <= r, valid while f <= 1: unit rows, a
@@ -842,15 +850,19 @@ def score_all(
                 if keep is not None and 8 * int(keep.sum()) <= keep.numel():
                     sparse = _sparse_topb(Z, keep, ids_s, kind_noid, beta, excl, b, idx2, sim)
                     out = merge_topb(out, sparse, b)
-                    bound, f_floor = _prune_bound(out, kind_noid, b), _density_floor(out, b, cdt)
+                    bound, backoff = None, 0
                     continue
+                backoff = min(2 * backoff + 1, _PRUNE_MAX_BACKOFF)  # it did not pay: try again later
+                skip = backoff
+            elif skip:
+                skip -= 1
             S = strategy_scores(Z, kind_noid[:, None], None, beta).contiguous()
             if sim is not None:
                 S[idx2] = S[idx2] * sim
             S = torch.where(torch.isnan(S), torch.full_like(S, _NEG_INF), S) + 0.0
             excl.apply(S, ids_s)
             out = merge_topb(out, _rowwise_topb(S, ids_s, b), b)
-            bound, f_floor = _prune_bound(out, kind_noid, b), _density_floor(out, b, cdt)
+            bound, have_top = None, True  # the bound follows the new top-b, computed when next tried
     out.scores = out.scores.to(torch.float32)
     return out
 
@@ -858,6 +870,7 @@ def score_all(
 _PRUNE = True  # tests switch it off to compare against the unpruned computation
 _PRUNE_MARGIN = 1e-4  # relative; float32 scores are accurate to ~1e-6 relative
 _PRUNE_MIN_SCORE = 1e-20  # below this (near float32 underflow) no pruning
+_PRUNE_MAX_BACKOFF = 16  # blocks skipped at most between pruning attempts that keep too much
 
 
 def _density_floor(out: TopB, b: int, cdt: torch.dtype) -> torch.Tensor:
