@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS ?= cpu,dist,text,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all test-gpu gpu-check gpu-wheels demo bench lint format clean
+.PHONY: setup test test-all test-gpu gpu-check gpu-wheels demo bench mutate lint format clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,21 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/run_quick.py
 
+# Mutation testing (mutmut, configured in pyproject.toml's [tool.mutmut]; see TESTING.md). Like `make bench`,
+# not part of `make test`: 0.3-1 mutant/s on two cores, so 10-30 min for a small module (200-350 mutants),
+# many hours for the whole core list (~11,500 mutants). MUTATE picks modules (dotted
+# names under seals_gpu), MUTANTS overrides with mutmut's own name patterns (e.g. the survivors of the last
+# run: MUTANTS="$$(.venv/bin/python benchmarks/mutation_report.py --list survived | xargs)"). Every selected mutant
+# is re-run. mutmut works on a copy in mutants/ and never edits the tree.
+MUTATE ?= metrics pool index.merge atomic strategies scoring store driver learner distributed index.shard
+MUTATE_JOBS ?= 2
+MUTANTS ?= $(foreach m,$(MUTATE),seals_gpu.$(m).*)
+
+mutate: setup
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+	  $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(foreach m,$(MUTANTS),"$(m)")
+	$(PY) benchmarks/mutation_report.py --modules $(MUTATE)
+
 lint: setup
 	$(VENV)/bin/ruff check seals_gpu kernels benchmarks tests
 	$(VENV)/bin/ruff format --check seals_gpu kernels benchmarks tests
@@ -58,4 +73,4 @@ format: setup
 	$(VENV)/bin/ruff format seals_gpu kernels benchmarks tests
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache mutants

@@ -1,0 +1,315 @@
+"""Mutation-testing report: reads what ``mutmut run`` left in ``mutants/`` and writes the score per module.
+
+``make mutate`` runs mutmut over the core modules (``[tool.mutmut]`` in pyproject.toml: mutmut copies the
+package into ``mutants/``, mutates one function at a time behind a trampoline and runs, for each mutant, only
+the tests that reached that function), then this script. It reads mutmut's per-file result files
+(``mutants/<path>.meta``: an exit code per mutant) and writes
+
+- ``benchmarks/out/mutation.json``: per module the counts (killed, survived, timeout, crashed, no tests, not
+  checked, equivalent) and the score, and every surviving mutant with its diff;
+- the section of ``TESTING.md`` between ``<!-- mutation:begin -->`` and ``<!-- mutation:end -->``: the
+  table and the list of survivors (the rest of TESTING.md is left as it is).
+
+Score = detected / (checked - equivalent), detected = killed + timeout + crashed (a mutant that makes a
+test hang or crash is caught). A surviving mutant counts as equivalent only when it is listed in
+``benchmarks/mutation_equivalent.json`` (name, the mutated line it must still show, the reason): an entry
+whose mutant no longer exists or no longer shows that line (mutmut numbers mutants per function, so an
+edit renumbers them) is reported as stale and not counted. Mutants with no test reaching them count as
+not detected.
+
+    python benchmarks/mutation_report.py                    # report on every module mutmut has results for
+    python benchmarks/mutation_report.py --modules metrics pool index.merge
+    python benchmarks/mutation_report.py --list survived    # names only, e.g. to re-run just those:
+    .venv/bin/mutmut run $(python benchmarks/mutation_report.py --list survived)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "seals_gpu"
+CORE = [
+    "strategies",
+    "pool",
+    "driver",
+    "learner",
+    "metrics",
+    "scoring",
+    "index.merge",
+    "index.shard",
+    "store",
+    "distributed",
+    "atomic",
+]
+BEGIN, END = "<!-- mutation:begin -->", "<!-- mutation:end -->"
+
+# mutmut's exit codes (mutmut/stats.py ``status_by_exit_code``), folded into the report's columns.
+_STATUS = {
+    1: "killed",
+    3: "killed",
+    37: "killed",  # caught by the type checker (not configured here)
+    0: "survived",
+    5: "no tests",
+    33: "no tests",
+    34: "skipped",
+    24: "timeout",
+    -24: "timeout",
+    36: "timeout",
+    152: "timeout",
+    255: "timeout",
+    -9: "crashed",  # SIGKILL: past the CPU limit's grace, or killed for memory
+    -11: "crashed",
+    2: "interrupted",
+    None: "not checked",
+}
+COLUMNS = ["killed", "timeout", "crashed", "survived", "equivalent", "no tests", "not checked", "other"]
+
+
+def status_of(code: int | None) -> str:
+    s = _STATUS.get(code, "other")
+    return s if s in COLUMNS else "other"
+
+
+def module_of(meta: Path, mutants: Path) -> str:
+    rel = meta.relative_to(mutants / PACKAGE).as_posix()
+    return rel[: -len(".py.meta")].replace("/", ".")
+
+
+def load_results(mutants: Path) -> dict[str, dict[str, int | None]]:
+    """module -> {mutant name: exit code or None}, from every ``.meta`` file under mutants/seals_gpu."""
+    out: dict[str, dict[str, int | None]] = {}
+    for meta in sorted((mutants / PACKAGE).rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        out[module_of(meta, mutants)] = dict(data.get("exit_code_by_key", {}))
+    return out
+
+
+def mutant_diff(name: str, module: str) -> str:
+    """The mutation as a unified diff of its function (mutmut's own diff; empty if it cannot say)."""
+    try:
+        from mutmut.mutation.diff_apply import get_diff_for_mutant
+    except ImportError:
+        return ""
+    path = Path(PACKAGE, *module.split(".")).with_suffix(".py")
+    try:
+        return get_diff_for_mutant(name, path=path)
+    except Exception:  # noqa: BLE001 - a diff mutmut cannot rebuild must not stop the report
+        return ""
+
+
+def changed_lines(diff: str) -> tuple[list[str], list[str]]:
+    body = [ln for ln in diff.splitlines() if not ln.startswith(("---", "+++", "@@"))]
+    old = [ln[1:].strip() for ln in body if ln.startswith("-")]
+    new = [ln[1:].strip() for ln in body if ln.startswith("+")]
+    return old, new
+
+
+def function_of(name: str) -> str:
+    """``seals_gpu.pool.xǁPoolǁadd__mutmut_3`` -> ``Pool.add``; ``seals_gpu.metrics.x_recall__mutmut_1`` -> ``recall``."""
+    mangled = name.rpartition(".")[2].partition("__mutmut_")[0]
+    if mangled.startswith("x\u01c1"):
+        cls, _, meth = mangled[2:].partition("\u01c1")
+        return f"{cls}.{meth}"
+    return mangled[2:] if mangled.startswith("x_") else mangled
+
+
+def load_equivalent(path: Path) -> dict[str, dict[str, str]]:
+    if not path.exists():
+        return {}
+    entries = json.loads(path.read_text())
+    return {e["mutant"]: e for e in entries}
+
+
+def build(modules: list[str], mutants: Path, equivalent_path: Path) -> dict[str, Any]:
+    results = load_results(mutants)
+    equivalent = load_equivalent(equivalent_path)
+    report: dict[str, Any] = {"modules": {}, "survivors": [], "stale_equivalent": []}
+    seen_equivalent: set[str] = set()
+    for module in modules:
+        codes = results.get(module)
+        row = dict.fromkeys(COLUMNS, 0)
+        if not codes:
+            row.update(total=0, score=None, run=False)
+            report["modules"][module] = row
+            continue
+        for name, code in codes.items():
+            status = status_of(code)
+            if status == "survived":
+                diff = mutant_diff(name, module)
+                old, new = changed_lines(diff)
+                eq = equivalent.get(name)
+                is_eq = eq is not None and eq.get("change", "").strip() in new
+                if eq is not None:
+                    seen_equivalent.add(name)
+                    if not is_eq:
+                        report["stale_equivalent"].append(
+                            {"mutant": name, "why": "no longer shows that change"}
+                        )
+                report["survivors"].append(
+                    {
+                        "mutant": name,
+                        "module": module,
+                        "function": function_of(name),
+                        "old": old,
+                        "new": new,
+                        "equivalent": is_eq,
+                        "reason": eq.get("reason", "") if is_eq else "",
+                        "diff": diff,
+                    }
+                )
+                if is_eq:
+                    status = "equivalent"
+            row[status] += 1
+        checked = sum(row[c] for c in COLUMNS if c != "not checked")
+        detected = row["killed"] + row["timeout"] + row["crashed"]
+        denominator = checked - row["equivalent"]
+        row.update(
+            total=len(codes),
+            checked=checked,
+            score=round(100.0 * detected / denominator, 1) if denominator else None,
+            run=checked > 0,
+        )
+        report["modules"][module] = row
+    for name in sorted(set(equivalent) - seen_equivalent):
+        mod = next((m for m in modules if name.startswith(f"{PACKAGE}.{m}.")), None)
+        if mod is not None and report["modules"].get(mod, {}).get("run"):
+            report["stale_equivalent"].append({"mutant": name, "why": "not a surviving mutant in this run"})
+    return report
+
+
+def _md_code(s: str) -> str:
+    s = s.replace("|", "\\|")
+    return f"`` {s} ``" if "`" in s else f"`{s}`"
+
+
+def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [
+        BEGIN,
+        f"Generated by `benchmarks/mutation_report.py` on {meta['date']} from mutmut {meta['mutmut']} results "
+        f"({meta['machine']}). Score = (killed + timeout + crashed) / (checked - equivalent); a partial module's "
+        "score covers only its checked mutants (mutmut runs those with the fastest tests first).",
+        "",
+        "| module | mutants | killed | timeout | crashed | survived | equivalent | no tests | not checked | score |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for module, row in report["modules"].items():
+        path = f"{module.replace('.', '/')}.py"
+        if not row["run"]:
+            lines.append(f"| {path} | {row['total'] or '-'} | | | | | | | | not run |")
+            continue
+        score = "-" if row["score"] is None else f"{row['score']:.1f}%"
+        if row["not checked"]:
+            score += f" (partial: {row['checked']} of {row['total']} checked)"
+        lines.append(
+            f"| {path} | {row['total']} | {row['killed']} | {row['timeout']} | {row['crashed']} | "
+            f"{row['survived']} | {row['equivalent']} | {row['no tests']} | {row['not checked']} | {score} |"
+        )
+    survivors = [s for s in report["survivors"] if not s["equivalent"]]
+    equivalents = [s for s in report["survivors"] if s["equivalent"]]
+    lines += ["", f"Surviving mutants ({len(survivors)}):", ""]
+    for s in survivors:
+        change = "; ".join(_md_code(x) for x in s["old"]) + " -> " + "; ".join(_md_code(x) for x in s["new"])
+        lines.append(f"- `{s['mutant'].rpartition('.')[2]}` ({s['module']}, `{s['function']}`): {change}")
+    if not survivors:
+        lines.append("- none")
+    lines += ["", f"Equivalent mutants ({len(equivalents)}, from `benchmarks/mutation_equivalent.json`):", ""]
+    for s in equivalents:
+        change = "; ".join(_md_code(x) for x in s["old"]) + " -> " + "; ".join(_md_code(x) for x in s["new"])
+        lines.append(
+            f"- `{s['mutant'].rpartition('.')[2]}` ({s['module']}, `{s['function']}`): {change}. {s['reason']}"
+        )
+    if not equivalents:
+        lines.append("- none")
+    if report["stale_equivalent"]:
+        lines += ["", "Stale entries in `benchmarks/mutation_equivalent.json` (not counted):", ""]
+        lines += [f"- `{e['mutant']}`: {e['why']}" for e in report["stale_equivalent"]]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the marked section of ``path`` (append it, under a heading, when there is none yet)."""
+    text = path.read_text() if path.exists() else "# Testing\n"
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + section.rstrip("\n") + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Mutation score\n\n" + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks/mutation_report.py", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--modules",
+        nargs="+",
+        default=None,
+        help="modules as dotted names under seals_gpu (default: the core list)",
+    )
+    p.add_argument("--mutants", type=Path, default=ROOT / "mutants")
+    p.add_argument("--equivalent", type=Path, default=ROOT / "benchmarks" / "mutation_equivalent.json")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "mutation.json")
+    p.add_argument(
+        "--testing",
+        type=Path,
+        default=ROOT / "TESTING.md",
+        help="markdown file whose mutation section to rewrite",
+    )
+    p.add_argument(
+        "--list", choices=["survived", "not-checked"], help="only print mutant names, one per line"
+    )
+    a = p.parse_args(argv)
+    modules = a.modules or CORE
+    if not a.mutants.is_dir():
+        print(f"mutation_report: error: {a.mutants} does not exist; run `make mutate` first", file=sys.stderr)
+        return 2
+    os.chdir(ROOT)  # mutmut's diff helpers read mutants/ and the sources relative to the project root
+    if a.list:
+        results = load_results(a.mutants)
+        want = "survived" if a.list == "survived" else "not checked"
+        for module in modules:
+            for name, code in results.get(module, {}).items():
+                if status_of(code) == want:
+                    print(name)
+        return 0
+    report = build(modules, a.mutants, a.equivalent)
+    try:
+        from importlib.metadata import version
+
+        mutmut_version = version("mutmut")
+    except Exception:  # noqa: BLE001
+        mutmut_version = "?"
+    meta = {
+        "date": _dt.date.today().isoformat(),
+        "mutmut": mutmut_version,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}",
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({**meta, **report}, indent=2) + "\n")
+    write_section(a.testing, markdown(report, meta))
+    width = max(len(m) for m in report["modules"])
+    print(f"{'module':<{width}}  mutants  killed  survived  equiv  no-tests  score")
+    for module, row in report["modules"].items():
+        score = "not run" if not row["run"] else ("-" if row["score"] is None else f"{row['score']:.1f}%")
+        if row["run"] and row["not checked"]:
+            score += f" (partial: {row['checked']} of {row['total']} checked)"
+        print(
+            f"{module:<{width}}  {row['total']:>7}  {row['killed'] + row['timeout'] + row['crashed']:>6}  "
+            f"{row['survived']:>8}  {row['equivalent']:>5}  {row['no tests']:>8}  {score}"
+        )
+    print(f"wrote {a.out} and the mutation section of {a.testing}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
