@@ -23,6 +23,7 @@ import torch
 
 from .device import DeviceChoice
 from .errors import IndexError_
+from .evaluate import Group, count_blocks, group_logits
 from .index.build import LocalIndex
 from .pool import isin_sorted
 from .scoring import TopB, merge_topb, score_all, score_select
@@ -37,6 +38,7 @@ def sub_csr(ids: np.ndarray, offsets: np.ndarray, mask: np.ndarray) -> tuple[np.
 
 # All mode reads every train row each round; up to this many bytes of them are kept filtered in memory.
 CANDIDATE_CACHE_BYTES = 1 << 30
+TEST_BLOCK_ROWS = 262_144  # test rows per block of the AP count (AP_UNITS x this many float32 logits at once)
 
 
 class LocalBackend:
@@ -78,6 +80,7 @@ class LocalBackend:
         self._emb: list[torch.Tensor | None] = [None] * len(index.shards)
         self._cand_sum: tuple[np.ndarray, int] | None = None
         self._train: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # shard -> its train rows, when kept
+        self._test: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # shard -> its test rows, when kept
         self._gpu_search: list | None = None
         self._faiss_on_gpu = False
         self._faiss_res = None
@@ -353,6 +356,40 @@ class LocalBackend:
                 yield torch.from_numpy(ids).to(dev), torch.from_numpy(x).to(dev)
 
         return score_all(blocks(), W, bias, kind, ref, beta, b, exclude=exclude, device=dev)
+
+    # ------------------------------------------------------------------ test AP (see evaluate.py)
+    def _test_blocks(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """The test rows (``excluded``) of every shard as ``(sorted ids, float32 vectors on the device)`` in
+        blocks of at most ``TEST_BLOCK_ROWS``: one contiguous copy per shard kept when the index fits
+        ``CANDIDATE_CACHE_BYTES`` (as the train rows are), else gathered block by block each time."""
+        dev = self.device.torch_device
+        for s, sh in enumerate(self.index.shards):
+            if s in self._test:
+                ids, x = self._test[s]
+            else:
+                pos = np.flatnonzero(isin_sorted(sh.ids, self.excluded))
+                if not self._keep_train_rows:
+                    for b in range(0, pos.size, TEST_BLOCK_ROWS):
+                        p = pos[b : b + TEST_BLOCK_ROWS]
+                        x_np = np.ascontiguousarray(np.asarray(sh.vectors)[p], dtype=np.float32)
+                        yield sh.ids[p], torch.from_numpy(x_np).to(dev)
+                    continue
+                x_np = np.ascontiguousarray(np.asarray(sh.vectors)[pos], dtype=np.float32)
+                ids, x = sh.ids[pos], torch.from_numpy(x_np).to(dev)
+                self._test[s] = (ids, x)
+            for b in range(0, ids.size, TEST_BLOCK_ROWS):
+                yield ids[b : b + TEST_BLOCK_ROWS], x[b : b + TEST_BLOCK_ROWS]
+
+    def group_logits(self, groups: list[Group], W: torch.Tensor, bias: torch.Tensor) -> list[np.ndarray]:
+        """Per group ``(units, ids)``: its units' float32 logits of its ids (AP's pass 1)."""
+        return group_logits(self.vectors, groups, W, bias)
+
+    def test_counts(
+        self, W: torch.Tensor, bias: torch.Tensor, thresholds: list[np.ndarray], groups: list[Group]
+    ) -> list[np.ndarray]:
+        """Per unit, how many test rows other than its positives score at or above each threshold (AP's
+        pass 2, over this process's test rows)."""
+        return count_blocks(self._test_blocks(), W, bias, thresholds, groups)
 
     def logits(self, ids: np.ndarray, W: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
         """``X[ids] @ W.T + bias`` as float32 (n, U), in blocks."""

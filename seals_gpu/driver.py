@@ -21,8 +21,6 @@ import os
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,21 +34,28 @@ from .checkpoint import CHECKPOINT, kill_point, restore, write_checkpoint
 from .config import RunConfig
 from .device import DeviceChoice, resolve_device
 from .errors import ConfigError, SealsError
+from .evaluate import evaluate_ap
 from .index.build import LocalIndex
 from .learner import LogisticModel, fit_logistic, fit_logistic_units
-from .metrics import ap_positives
 from .oracle import Oracle, SimulatedOracle
 from .planner import SearchPlan, plan_search
 from .pool import CandidatePool, NeighborCache, isin_sorted, sorted_unique, to_csr
+from .probe import add_probes, outside_state, probe_count, probe_rows
+from .queue import AnswerOracle, Asked, Pending, pending_answers, write_queue
 from .rundir import RunLock, inspect_run_dir, remove_stale_temporaries, run_dir_signature, undo_start
 from .scoring import TopB, strategy_scores
-from .seeds import check_seed_set, concept_seed, draw_seed_set
+from .seeds import (
+    check_seed_set,
+    concept_seed,
+    draw_excluding,
+    draw_seed_set,
+    read_seed_ids,
+    text_seed_ids,
+)
 from .store import Store
 from .strategies import binary_entropy, random_scores, select_topk_segmented
 
 KERNEL_KIND = {"maxent": 0, "mlp": 1, "id": 2}
-TEST_CACHE_BYTES = 64 << 20  # test-split vectors up to this size stay on the device; larger ones stream
-AP_UNITS = 256  # units whose test logits exist at once (256 x N float32)
 NEIGHBOR_SLOT_BYTES = 12  # one neighbour of one row in the run's table: an int64 id and a float32 similarity
 
 
@@ -191,15 +196,38 @@ class Run:
             ("seed", "fit", "search", "select", "label", "record", "checkpoint"), 0.0
         )
         self.graph = graph
-        positives = store.concept_positives(config.concepts)
+        # a store without labels (--oracle queue with --seed-ids): no ground truth, so no AP or recall (NaN)
+        positives = (
+            store.concept_positives(config.concepts)
+            if store.has_labels
+            else {c: np.empty(0, np.int64) for c in config.concepts}
+        )
         self.positives = positives
         self.oracle = oracle or SimulatedOracle(positives)
+        # --seed-ids: each concept's known positives and negatives (their labels are not asked again)
+        self.seed_file = (
+            read_seed_ids(Path(config.seed_ids), config.concepts, self.train_ids, self.test_ids)
+            if config.seed_ids
+            else None
+        )
+        self.known: dict[tuple[str, int], bool] = {}
+        for key, (pos, neg) in (self.seed_file or {}).items():
+            self.known.update(
+                {(key, i): True for i in pos.tolist()} | {(key, i): False for i in neg.tolist()}
+            )
+            free = n_train - pos.size - neg.size
+            if free < config.seed_negatives - neg.size:
+                raise ConfigError(
+                    f"--seed-negatives {config.seed_negatives}: concept {key} has only {free} train rows "
+                    "besides its --seed-ids; lower --seed-negatives"
+                )
         self.units: list[Unit] = []
         for c in config.concepts:
             p_train = positives[c][isin_sorted(positives[c], self.train_ids)]
-            if positives[c].size == 0:
+            if store.has_labels and positives[c].size == 0:
                 raise ConfigError(f"concept {c!r} has no positives in {store.path}; check the concept id")
-            check_seed_set(c, n_train, int(p_train.size), config.seed_positives, config.seed_negatives)
+            if self.seed_file is None and config.seed_text is None:
+                check_seed_set(c, n_train, int(p_train.size), config.seed_positives, config.seed_negatives)
             for s in config.strategies:
                 for m in config.modes:
                     unit = Unit(len(self.units), c, s, m, int(p_train.size))
@@ -216,15 +244,22 @@ class Run:
         self.selections: list[dict[str, np.ndarray]] = []
         self.round = -1
         self.already_finished = False  # set by start(resume=True) on a run that had already ended
+        # --oracle queue: the round queued and awaiting answers, and its queue files once this start wrote them
+        self.pending: Pending | None = None
+        self.awaiting: tuple[Path, Path] | None = None
         self._nbr = NeighborCache(config.k)
         self._precomputed = False
-        self._test_x: torch.Tensor | None = None
-        self._test_y: dict[Any, np.ndarray] = {
-            c: isin_sorted(self.test_ids, positives[c]) for c in config.concepts
+        self._probe_rows: dict[int, dict[str, float]] = {}  # --probe: each unit's estimate for this round
+        # each concept's sorted test-positive ids (what AP needs; never a per-row array of the test split)
+        self._test_pos: dict[Any, np.ndarray] = {
+            c: positives[c][isin_sorted(positives[c], self.test_ids)] for c in config.concepts
         }
-        self._test_pos = {c: np.flatnonzero(y) for c, y in self._test_y.items()}
+        by_concept: dict[Any, list[int]] = {}
+        for u in self.units:
+            by_concept.setdefault(u.concept, []).append(u.index)
+        self._ap_groups = [(np.asarray(v, np.int64), self._test_pos[c]) for c, v in by_concept.items()]
         for c in config.concepts:
-            if not self._test_y[c].any():
+            if not self._test_pos[c].size and store.has_labels:
                 log(
                     f"warning: concept {c!r} has no positive in the test split: its test AP is undefined "
                     "(NaN, left out of the means); its recall is still measured. Pick another concept for AP"
@@ -359,31 +394,11 @@ class Run:
         return time.perf_counter() - t0
 
     def _test_ap(self) -> list[float]:
-        """Every unit's test AP. Logits are computed for ``AP_UNITS`` units at a time, as ``(units, N)`` rows
-        (memory bounded by that block, not by the number of units), and each row's AP by
-        :func:`metrics.ap_positives` from its concept's positive positions, rows spread over the CPU's
-        threads (the sorts release the GIL; each row's AP does not depend on the others)."""
+        """Every unit's exact test AP, computed where the test vectors live (:mod:`seals_gpu.evaluate`): the
+        positives' scores, then per unit the count of other test rows at or above each; the driver holds
+        neither test vectors nor an ``(units, N)`` score matrix."""
         assert self.model is not None
-        W, bias = self.model.W, self.model.b
-        stream = self.test_ids.size * self.backend.dim * 4 > TEST_CACHE_BYTES  # memory must not grow with N
-        if not stream and self._test_x is None:
-            self._test_x = torch.from_numpy(self.backend.vectors(self.test_ids)).to(self.device.torch_device)
-        aps: list[float] = []
-        threads = max(1, torch.get_num_threads())
-        with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
-            for s in range(0, len(self.units), AP_UNITS):
-                e = min(len(self.units), s + AP_UNITS)
-                if stream:
-                    logits = np.ascontiguousarray(self.backend.logits(self.test_ids, W[s:e], bias[s:e]).T)
-                else:
-                    x = self._test_x
-                    logits = (W[s:e].to(x.dtype) @ x.T + bias[s:e, None].to(x.dtype)).float().cpu().numpy()
-                pos = [self._test_pos[u.concept] for u in self.units[s:e]]
-                if pool is None:
-                    aps.extend(ap_positives(logits[j], pos[j]) for j in range(e - s))
-                else:
-                    aps.extend(pool.map(lambda j: ap_positives(logits[j], pos[j]), range(e - s)))  # noqa: B023
-        return aps
+        return evaluate_ap(self.backend, self.model.W, self.model.b, self._ap_groups).tolist()
 
     # ------------------------------------------------------------------ selection
     def _select(self, b_round: int) -> tuple[dict[int, np.ndarray], dict[tuple[str, str], float]]:
@@ -401,28 +416,27 @@ class Run:
 
         for (strategy, mode), units in groups.items():
             t0 = time.perf_counter()
+            b = b_round - probe_count(cfg.probe, b_round) if mode == "seals" else b_round  # --probe: B fewer
             idx = torch.tensor([u.index for u in units], dtype=torch.long, device=W.device)
             Wg, bg = W[idx], bias[idx]
             if mode == "seals" and cfg.expand == "each":
                 ref = self._ref_means(units) if strategy == "id" else None
                 for j, u in enumerate(units):
-                    chosen[u.index] = self._select_each(
-                        u, Wg[j], bg[j], None if ref is None else ref[j], b_round
-                    )
+                    chosen[u.index] = self._select_each(u, Wg[j], bg[j], None if ref is None else ref[j], b)
             elif strategy in KERNEL_KIND:
                 kind = torch.full((len(units),), KERNEL_KIND[strategy], dtype=torch.int8, device=dev)
                 ref = self._ref_means(units) if strategy == "id" else None
                 if mode == "seals":
                     ids, offsets = to_csr([u.pool.ids for u in units])
-                    top = self.backend.score_pool(ids, offsets, Wg, bg, kind, ref, cfg.beta, b_round)
+                    top = self.backend.score_pool(ids, offsets, Wg, bg, kind, ref, cfg.beta, b)
                 else:
                     exclude = [np.sort(u.labeled_ids) for u in units]
-                    top = self.backend.score_all(exclude, Wg, bg, kind, ref, cfg.beta, b_round)
+                    top = self.backend.score_all(exclude, Wg, bg, kind, ref, cfg.beta, b)
                 for j, u in enumerate(units):
                     chosen[u.index] = _valid(top, j)
             else:
                 for j, u in enumerate(units):
-                    chosen[u.index] = self._select_torch(u, Wg[j], bg[j], b_round)
+                    chosen[u.index] = self._select_torch(u, Wg[j], bg[j], b)
             timings[(strategy, mode)] = time.perf_counter() - t0
         return chosen, timings
 
@@ -521,8 +535,8 @@ class Run:
         return sel.astype(np.int64)
 
     # ------------------------------------------------------------------ bookkeeping
-    def _add_labels(self, u: Unit, ids: np.ndarray, round_no: int) -> None:
-        labels = np.asarray(self.oracle.label(u.concept, ids), dtype=bool)
+    def _add_labels(self, u: Unit, ids: np.ndarray, round_no: int, probe: np.ndarray | None = None) -> None:
+        labels = self._answer(u.concept, ids)
         if labels.shape != ids.shape:
             raise SealsError(f"the oracle returned {labels.shape} labels for {ids.shape} ids")
         u.labeled.append(ids.astype(np.int64))
@@ -545,7 +559,23 @@ class Run:
                 "id": ids.astype(np.int64),
                 "label": labels,
             }
+            | ({"probe": np.zeros(ids.size, bool) if probe is None else probe} if self.config.probe else {})
         )
+
+    def _answer(self, concept: Any, ids: np.ndarray) -> np.ndarray:
+        """The oracle's labels for ``ids``, but the labels --seed-ids gives for the items it lists."""
+        if not self.known:
+            return np.asarray(self.oracle.label(concept, ids), dtype=bool)
+        known = self._known_mask(concept, ids)
+        out = np.zeros(ids.size, dtype=bool)
+        out[known] = [self.known[(str(concept), i)] for i in ids[known].tolist()]
+        if not known.all():
+            out[~known] = np.asarray(self.oracle.label(concept, ids[~known]), dtype=bool)
+        return out
+
+    def _known_mask(self, concept: Any, ids: np.ndarray) -> np.ndarray:
+        key = str(concept)
+        return np.array([(key, i) in self.known for i in ids.tolist()], dtype=bool)
 
     def _record(self, round_no: int, t: dict[str, Any]) -> None:
         aps = self._test_ap()
@@ -571,12 +601,13 @@ class Run:
                     "pool_size": int(pool),
                     "pool_fraction": pool / n_train,
                     "test_ap": aps[u.index],
-                    "recall": n_pos / u.n_pos_train,
+                    "recall": n_pos / u.n_pos_train if u.n_pos_train else float("nan"),
                     "seconds_fit": fit,
                     "seconds_search": search,
                     "seconds_select": sel,
                     "seconds_round": fit + search + sel,
                 }
+                | self._probe_rows.get(u.index, {})
             )
 
     # ------------------------------------------------------------------ outputs
@@ -601,12 +632,25 @@ class Run:
         lock.check_free()  # "in use by pid N" before "not empty": the live holder is the real reason
         seen = run_dir_signature(self.out)
         plan = inspect_run_dir(self.out, cfg, resume=resume, dim=dim)
+        # a queued round's answers are read and checked whole before the lock, so bad ones change nothing
+        answers = (
+            pending_answers(self.out, plan.arrays, self.units, self.known)
+            if plan.action == "resume"
+            else None
+        )
         existed, had_lock = self.out.exists(), (self.out / ".lock").exists()
         lock.acquire()
         self.already_finished = False
         try:
             if run_dir_signature(self.out) != seen:  # changed before the lock was ours: look again
                 plan = inspect_run_dir(self.out, cfg, resume=resume, dim=dim)
+                answers = (
+                    pending_answers(self.out, plan.arrays, self.units, self.known)
+                    if plan.action == "resume"
+                    else None
+                )
+            if answers is not None:
+                self.oracle = AnswerOracle(answers)
             kill_point("lock", 0)
             if on_locked is not None:
                 on_locked()
@@ -627,7 +671,8 @@ class Run:
                         f"{self.out} already finished (round {self.round} of {cfg.n_rounds}); nothing to do"
                     )
                     return
-                self.log(f"resuming {self.out} after round {self.round}")
+                asked = f" with the answers to round {self.pending.round}" if self.pending is not None else ""
+                self.log(f"resuming {self.out} after round {self.round}{asked}")
                 self._loop()
             finally:
                 lock.release()
@@ -653,57 +698,140 @@ class Run:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.n_rounds + 1, initial=self.round + 1, desc="rounds", unit="round")
+        try:
+            self._rounds(bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _rounds(self, bar: Any) -> None:
+        cfg = self.config
         T = self.timings
-        if self.round < 0:
+        if self.pending is not None:  # --oracle queue: the answers to the queued round are in (see start)
+            p, self.pending = self.pending, None
+            self._label_round(p.round, p.chosen, p.seconds, bar, p.probe)
+        elif self.round < 0:
             t0 = time.perf_counter()
+            seeds: dict[int, np.ndarray] = {}
+            # --seed-text: each concept's text embedded with the store's model, its nearest train items
+            near = (
+                text_seed_ids(self.store, self.backend, cfg.seed_text, cfg.seed_size) if cfg.seed_text else {}
+            )
             for c in cfg.concepts:
                 rng = concept_seed(cfg.seed, c)
-                p_train = self.positives[c][isin_sorted(self.positives[c], self.train_ids)]
-                ids, _ = draw_seed_set(rng, self.train_ids, p_train, cfg.seed_positives, cfg.seed_negatives)
-                for u in self.units:
-                    if u.concept == c:
-                        self._add_labels(u, ids, 0)
+                if cfg.seed_text:
+                    ids = near[str(c)]
+                elif self.seed_file is not None:  # the known ids, then random negatives (to be asked) up to N
+                    pos, neg = self.seed_file[str(c)]
+                    given = np.concatenate([pos, neg])
+                    drawn = draw_excluding(
+                        rng, self.train_ids, np.sort(given), max(0, cfg.seed_negatives - neg.size)
+                    )
+                    ids = np.concatenate([given, drawn])
+                else:
+                    p_train = self.positives[c][isin_sorted(self.positives[c], self.train_ids)]
+                    ids, _ = draw_seed_set(
+                        rng, self.train_ids, p_train, cfg.seed_positives, cfg.seed_negatives
+                    )
+                seeds.update({u.index: ids for u in self.units if u.concept == c})
             T["seed"] += time.perf_counter() - t0
-            t_search = self._expand({u.index: u.labeled_ids for u in self.units})
-            T["search"] += t_search
-            t_fit = self._fit()
-            T["fit"] += t_fit
-            self.round = 0
-            t0 = time.perf_counter()
-            self._record(0, {"fit": t_fit, "search": t_search, "select": {}})
-            t1 = time.perf_counter()
-            self._checkpoint()
-            T["record"] += t1 - t0
-            T["checkpoint"] += time.perf_counter() - t1
-            if bar is not None:
-                bar.update(1)
+            if self._ask(0, seeds, {}):
+                return
+            self._label_round(0, seeds, {}, bar)
         while self.round < cfg.n_rounds:
             r = self.round + 1
             b_round = min(cfg.batch, cfg.budget - cfg.seed_size - (r - 1) * cfg.batch)
             chosen, t_select = self._select(b_round)
+            # --probe: each SEALS unit's picks get B items drawn from outside its pool
+            probe = add_probes(self, r, b_round, chosen) if cfg.probe else None
             T["select"] += sum(t_select.values())
-            t0 = time.perf_counter()
-            for u in self.units:
-                self._add_labels(u, chosen[u.index], r)
-            T["label"] += time.perf_counter() - t0
-            t_search = self._expand(chosen)
-            T["search"] += t_search
-            t_fit = self._fit()
-            T["fit"] += t_fit
-            self.round = r
-            t0 = time.perf_counter()
-            self._record(r, {"fit": t_fit, "search": t_search, "select": t_select})
+            if self._ask(r, chosen, t_select, probe):
+                return
+            self._label_round(r, chosen, t_select, bar, probe)
+
+    def _label_round(
+        self,
+        r: int,
+        chosen: dict[int, np.ndarray],
+        t_select: dict[tuple[str, str], float],
+        bar: Any,
+        probe: dict[int, np.ndarray] | None = None,
+    ) -> None:
+        """Label round ``r``'s picks (the seed set for round 0), expand, fit and record; then commit, unless
+        a queue round follows (:meth:`_ask` commits it with the next round's questions)."""
+        T = self.timings
+        t0 = time.perf_counter()
+        before = outside_state(self, chosen, probe) if self.config.probe else None  # --probe
+        for u in self.units:
+            self._add_labels(u, chosen[u.index], r, None if probe is None else probe[u.index])
+        T["seed" if r == 0 else "label"] += time.perf_counter() - t0
+        if self.config.probe:
+            self._probe_rows = probe_rows(self, probe, before)
+        t_search = self._expand(chosen)
+        T["search"] += t_search
+        t_fit = self._fit()
+        T["fit"] += t_fit
+        self.round = r
+        t0 = time.perf_counter()
+        self._record(r, {"fit": t_fit, "search": t_search, "select": t_select})
+        T["record"] += time.perf_counter() - t0
+        if not (self.config.oracle == "queue" and r < self.config.n_rounds):
             t1 = time.perf_counter()
             self._checkpoint()
-            T["record"] += t1 - t0
             T["checkpoint"] += time.perf_counter() - t1
-            if bar is not None:
+        if bar is not None:
+            if r > 0:
                 last = [m for m in self.metrics if m["round"] == r]
                 aps = [m["test_ap"] for m in last if m["test_ap"] == m["test_ap"]]
                 bar.set_postfix(mean_ap=f"{np.mean(aps):.3f}" if aps else "nan")
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            bar.update(1)
+
+    def _ask(
+        self,
+        r: int,
+        chosen: dict[int, np.ndarray],
+        t_select: dict[tuple[str, str], float],
+        probe: dict[int, np.ndarray] | None = None,
+    ) -> bool:
+        """``--oracle queue``: write round ``r``'s queue files, then commit the checkpoint holding the round
+        as pending (with the last answered round's outputs), and stop; False (nothing done) otherwise."""
+        if self.config.oracle != "queue" or all(
+            self._known_mask(u.concept, chosen[u.index]).all() for u in self.units
+        ):
+            return (
+                False  # nothing to ask (every pool ran dry, or --seed-ids knows every seed): labeled at once
+            )
+        t0 = time.perf_counter()
+        self.pending = Pending(r, chosen, t_select, probe)
+        scores, asked_ids, asked_probe = [], [], []
+        for u in self.units:
+            ids = chosen[u.index]
+            flag = probe[u.index] if probe is not None else np.zeros(ids.size, bool)
+            if self.known:  # --seed-ids: not asked
+                ask = ~self._known_mask(u.concept, ids)
+                ids, flag = ids[ask], flag[ask]
+            asked_ids.append(ids)
+            asked_probe.append(flag)
+            if self.model is None or ids.size == 0:
+                scores.append(np.full(ids.size, np.nan))
+                continue
+            x = torch.from_numpy(self.backend.vectors(ids)).to(self.model.W.device, torch.float32)
+            z = (x @ self.model.W[u.index].float() + self.model.b[u.index].float()).double()
+            scores.append(torch.sigmoid(z).cpu().numpy())
+        asked = Asked(
+            r,
+            [u.concept for u in self.units],
+            [u.strategy for u in self.units],
+            [u.mode for u in self.units],
+            asked_ids,
+            scores,
+            asked_probe if self.config.probe else None,
+        )
+        self.awaiting = write_queue(self.out, asked, self.store)
+        kill_point("queue", r)
+        self._checkpoint()
+        self.timings["checkpoint"] += time.perf_counter() - t0
+        return True
 
 
 def _unit_key(u: Unit) -> int:

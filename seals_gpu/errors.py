@@ -21,3 +21,7 @@ class ConfigError(SealsError):
 
 class RunDirError(SealsError):
     """The run folder is in use, not empty, or its checkpoint does not match."""
+
+
+class AnswerError(SealsError):
+    """An answer file of a queue round is missing, malformed, or does not answer exactly the queued items."""

@@ -3,6 +3,7 @@ print the paper-style table, and write ``RUN/timings.json`` (where the wall time
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -32,6 +33,34 @@ def _has_full_supervision(out: Path) -> bool:
         return False
 
 
+def parse_seed_text(items: list[str] | None, store: Store, seed_ids: Any) -> dict[str, str] | None:
+    """``--seed-text CONCEPT=TEXT`` (repeatable) as {concept key: text}; refused in one line when malformed,
+    repeated, combined with --seed-ids, or when the store records no embedding model to embed it with."""
+    if not items:
+        return None
+    if seed_ids is not None:
+        raise ConfigError("--seed-text and --seed-ids both give the seed round; pass only one")
+    out: dict[str, str] = {}
+    for item in items:
+        concept, eq, text = item.partition("=")
+        concept, text = concept.strip(), text.strip()
+        if not eq or not concept or not text:
+            raise ConfigError(
+                f"--seed-text {item!r} is not CONCEPT=TEXT; write e.g. --seed-text 3='a red bicycle'"
+            )
+        if concept in out:
+            raise ConfigError(f"--seed-text gives concept {concept} twice; give one text per concept")
+        out[concept] = text
+    from .embed import MODEL_FILE, store_model_info
+
+    if store_model_info(store) is None:
+        raise ConfigError(
+            f"--seed-text: store {store.path} records no embedding model ({MODEL_FILE}), so the text cannot be "
+            "embedded like its items; build the store with `seals-gpu store embed`, or use --seed-ids"
+        )
+    return out
+
+
 def run_from_args(a: Any) -> Run:
     """``seals-gpu run``: validate everything before writing anything."""
     import sys
@@ -43,12 +72,26 @@ def run_from_args(a: Any) -> Run:
     modes = parse_list(a.modes, what="modes")
     ids, is_test = store.read_split()
     train_ids = np.sort(ids[~is_test])
+    oracle = getattr(a, "oracle", "simulated")
+    seed_ids = getattr(a, "seed_ids", None)
+    seed_text = parse_seed_text(getattr(a, "seed_text", None), store, seed_ids)
     if not store.has_labels:
-        raise ConfigError(
-            f"store {store.path} has no 'labels' column, so there is nothing to simulate; "
-            "add labels or plug in your own Oracle from Python"
-        )
-    if a.concepts is not None:
+        if oracle != "queue":
+            raise ConfigError(
+                f"store {store.path} has no 'labels' column, so there is nothing to simulate; "
+                "pass --oracle queue to label with people (see the README's Labeling with people)"
+            )
+        if (seed_ids is None and seed_text is None) or a.concepts is None:
+            raise ConfigError(
+                f"store {store.path} has no 'labels' column to draw seed sets from: give --concepts and "
+                "--seed-ids FILE (concept, id: known positives of each concept) or --seed-text CONCEPT=TEXT"
+            )
+        if a.full_supervision:
+            raise ConfigError(f"--full-supervision needs the store's labels; {store.path} has none: drop it")
+        concepts = [t.strip() for t in a.concepts.split(",") if t.strip()]
+        if len(set(concepts)) != len(concepts):
+            raise ConfigError(f"--concepts {a.concepts!r} lists a concept twice; list each once")
+    elif a.concepts is not None:
         concepts = store.resolve_concepts(a.concepts.split(","))
         counts = store.concept_positives(concepts)
         for c in concepts:
@@ -61,6 +104,19 @@ def run_from_args(a: Any) -> Run:
         concepts = sample_concepts(
             store, a.concepts_sample, prevalence_range(a.prevalence), a.seed, a.seed_positives, train_ids
         )
+    if seed_text is not None and store.has_labels:  # the names a user types -> the run's concept keys
+        seed_text = {str(store.resolve_concepts([k])[0]): t for k, t in seed_text.items()}
+    seed_settings: dict[str, Any] = {}
+    if seed_ids is not None:  # the file's positives are the seed positives; its negatives count toward N
+        from .seeds import read_seed_ids
+
+        known = read_seed_ids(Path(seed_ids), concepts, train_ids, np.sort(ids[is_test]))
+        seed_settings = {
+            "seed_positives": max(p.size for p, _ in known.values()),
+            "seed_negatives": max([a.seed_negatives, *(n.size for _, n in known.values())]),
+            "seed_ids": os.path.realpath(seed_ids),
+            "seed_ids_sha256": hashlib.sha256(Path(seed_ids).read_bytes()).hexdigest(),
+        }
     dev = resolve_device(a.device)
     use_ray = bool(
         getattr(a, "ray", False) or getattr(a, "ray_address", None) or os.environ.get("RAY_ADDRESS")
@@ -103,8 +159,10 @@ def run_from_args(a: Any) -> Run:
         k=a.k,
         batch=a.batch,
         budget=a.budget,
-        seed_positives=a.seed_positives,
-        seed_negatives=a.seed_negatives,
+        seed_positives=seed_settings.get("seed_positives", a.seed_positives),
+        seed_negatives=seed_settings.get("seed_negatives", a.seed_negatives),
+        seed_ids=seed_settings.get("seed_ids"),
+        seed_ids_sha256=seed_settings.get("seed_ids_sha256"),
         seed=a.seed,
         C=a.C,
         beta=a.beta,
@@ -115,6 +173,9 @@ def run_from_args(a: Any) -> Run:
         class_weight=getattr(a, "class_weight", "none"),
         expand=getattr(a, "expand", "batch"),
         search_recall=getattr(a, "search_recall", 0.95),
+        oracle=oracle,
+        probe=getattr(a, "probe", 0),
+        seed_text=seed_text,
     )
     out = Path(a.out)
     check_out_dir(out, [("store", store.path), ("--index", a.index), ("--graph", a.graph)])
@@ -154,7 +215,7 @@ def run_from_args(a: Any) -> Run:
 
         with (
             ray_session(a.ray_address),
-            RayBackend(a.index, excluded=np.sort(ids[is_test]), device=dev) as backend,
+            RayBackend(a.index, excluded=np.sort(ids[is_test]), device=dev, log=log) as backend,
         ):
             r = Run(
                 cfg, out, store=store, backend=backend, graph=graph, device=dev, progress=not a.quiet, log=log
@@ -164,6 +225,8 @@ def run_from_args(a: Any) -> Run:
             def announce_ray() -> None:
                 announce()
                 log("search and scoring: Ray shard actors")
+                for line in backend.index.placement_lines():  # which shard on which node
+                    log(line)
 
             r.start(resume=a.resume, on_locked=announce_ray)
     else:
@@ -187,6 +250,17 @@ def run_from_args(a: Any) -> Run:
 
         r.start(resume=a.resume, on_locked=announce_local)
     t_loop = time.perf_counter()
+    if r.awaiting is not None:  # --oracle queue: the round's items wait for people's answers
+        _say_awaiting(r, out)
+        _write_timings(
+            r,
+            startup=t_entry - _process_start(t_entry),
+            load=t_loaded - t_entry,
+            loop=t_loop - t_loaded,
+            full=0.0,
+            report=time.perf_counter() - t_loop,
+        )
+        return r
     if a.full_supervision and not (r.already_finished and _has_full_supervision(out)):
         from .supervised import record_full_supervision
 
@@ -205,6 +279,25 @@ def run_from_args(a: Any) -> Run:
             report=time.perf_counter() - t_full,
         )
     return r
+
+
+def _say_awaiting(r: Run, out: Path) -> None:
+    """Where a queue round's items are and where their answers go (stdout)."""
+    import pyarrow.parquet as pq
+
+    from .queue import LABELS_DIR, round_name
+
+    assert r.awaiting is not None and r.pending is not None
+    qpath, lspath = r.awaiting
+    rnd = r.pending.round
+    n = pq.read_metadata(qpath).num_rows
+    answers = out / LABELS_DIR / round_name(rnd)
+    print(f"round {rnd} of {r.config.n_rounds}: {n} item(s) to label in {qpath}")
+    print(f"  (Label Studio tasks: {lspath})")
+    print(
+        f"answers go in {answers}.csv or {answers}.parquet (columns concept, id, label; label 1 or 0), or "
+        f"{answers}.json (a Label Studio JSON export); then run the same command with --resume"
+    )
 
 
 def _rebuild(index: Any, store: Store) -> str:

@@ -8,7 +8,9 @@ A run directory holds ``config.json`` and ``metrics.parquet``. The metrics have 
 - :func:`summarize` gives the Table-1-style rows (Coleman et al.): metrics at the final budget of every
   concept, averaged over concepts, plus the SEALS-vs-All gap per strategy;
 - :func:`format_table` renders those rows as aligned plain text;
-- :func:`make_plots` writes ``ap.png``, ``recall.png``, ``pool_fraction.png`` and ``summary.json``;
+- :func:`make_plots` writes ``ap.png``, ``recall.png``, ``pool_fraction.png`` and ``summary.json``, and for
+  a run with ``--probe`` ``recall_estimate.png`` (the probe estimate of recall with its band, against the
+  true recall where the store has labels; :mod:`seals_gpu.probe`);
 - :func:`report` does all of it for a run directory (plots into ``RUN_DIR/plots``).
 
 Matplotlib is imported only inside :func:`make_plots`, through the object API (``Figure`` +
@@ -518,6 +520,13 @@ def make_plots(table: pa.Table, out_dir: str | os.PathLike[str]) -> list[Path]:
         {str(g.strategies[s]) for s, _ in pairs if str(g.strategies[s]) not in STRATEGY_ORDER} if g else set()
     )
 
+    probe_plot = _has_probe_estimate(table)
+    if probe_plot:
+        target = out_dir / PROBE_PLOT
+        if os.path.lexists(target) and not target.is_file():
+            raise ReportError(
+                f"cannot write the plots: {target} is not a regular file; remove or rename it, or pass --no-plots"
+            )
     for filename, column, ylabel in _PLOTS:
         fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
         FigureCanvasAgg(fig)
@@ -564,10 +573,65 @@ def make_plots(table: pa.Table, out_dir: str | os.PathLike[str]) -> list[Path]:
             fig.savefig(tmp, format="png")
         written.append(path)
 
+    if probe_plot and g is not None:
+        written.append(_plot_probe_estimate(g, pairs, others, out_dir / PROBE_PLOT))
     summary = out_dir / "summary.json"
     write_json(summary, rows)
     written.append(summary)
     return written
+
+
+PROBE_PLOT = "recall_estimate.png"
+_PROBE_BAND = ("recall_est", "recall_est_lo", "recall_est_hi")
+
+
+def _has_probe_estimate(table: pa.Table) -> bool:
+    """A run with ``--probe``: its metrics hold a finite recall estimate somewhere."""
+    if not all(c in table.column_names for c in _PROBE_BAND):
+        return False
+    return bool(np.isfinite(_floats(table, "recall_est")).any())
+
+
+def _plot_probe_estimate(
+    g: _Grouped, pairs: list[tuple[int, int]], others: Sequence[str], path: Path
+) -> Path:
+    """``recall_estimate.png``: per SEALS strategy, the probe estimate of recall (mean over concepts, solid)
+    and the mean of the concepts' 95% bounds (band), against the true recall (dashed) where it is known.
+    The estimate treats the pool's unlabeled items as negatives, so it sits above the true recall until the
+    pool is mined out (see :mod:`seals_gpu.probe`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for s, m in pairs:
+        strategy, mode = str(g.strategies[s]), str(g.modes[m])
+        if mode != "seals" or _is_reference(strategy, mode):
+            continue
+        colour = _colour(strategy, others)
+        x, y = g.curve(s, m, "recall_est")
+        if not x.size:
+            continue
+        xl, lo = g.curve(s, m, "recall_est_lo")
+        xh, hi = g.curve(s, m, "recall_est_hi")
+        if xl.size == x.size and xh.size == x.size:
+            ax.fill_between(x, lo, hi, color=colour, alpha=0.15, linewidth=0)
+        ax.plot(x, y, color=colour, marker="o", markersize=3, linewidth=1.5, label=f"{strategy}: estimate")
+        xt, yt = g.curve(s, m, "recall")
+        if xt.size:
+            ax.plot(xt, yt, color=colour, linestyle="--", linewidth=1.2, label=f"{strategy}: true recall")
+    ax.set_xlabel("labels (n_labeled)")
+    ax.set_ylabel("recall, SEALS (probe estimate, 95% band)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize="small", loc="best")
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------

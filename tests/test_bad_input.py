@@ -309,7 +309,7 @@ CASES: dict[str, Case] = {
     "run-bad-prevalence": Case(
         R(concepts=None, concepts_sample="2", prevalence="abc"), "prevalence 'abc'", "MIN:MAX"
     ),
-    "run-store-without-labels": Case(R("{nolabels}"), "has no 'labels' column", "plug in your own Oracle"),
+    "run-store-without-labels": Case(R("{nolabels}"), "has no 'labels' column", "pass --oracle queue"),
     "run-store-is-a-file": Case(R("{afile}"), "is a file", "folder of Parquet files"),
     "run-index-from-another-store": Case(
         R(index="{other_idx}"),

@@ -353,3 +353,29 @@ def test_errors_reach_the_driver_as_clear_messages(backend3, ray_local, store, t
     f.write_bytes(f.read_bytes()[:1000])
     with pytest.raises(IndexError_, match=r"could not load its shard: .*shard-00001: shard file is corrupt"):
         ShardedIndex(bad)
+
+
+@pytest.mark.ray
+def test_ray_test_ap_equals_local_and_scikit_learn(backend3, index_paths, store, test_ids):
+    """Test AP computed on the shards (pass 1 and pass 2 where the rows live) equals the in-process AP and
+    scikit-learn's on float64 logits; only counts travel back."""
+    from sklearn.metrics import average_precision_score
+
+    from seals_gpu.evaluate import evaluate_ap
+
+    W, bias, _, _ = _units(16, seed=9)
+    concepts = [0, 1, 2]
+    pos = store.concept_positives(concepts)
+    groups = [
+        (np.array([2 * c, 2 * c + 1], np.int64)[: W.shape[0] - 2 * c], np.intersect1d(pos[c], test_ids))
+        for c in concepts
+    ]
+    got = evaluate_ap(backend3, W, bias, groups)
+    lb = LocalBackend(LocalIndex.open(index_paths[1]), CPU, excluded=test_ids)
+    np.testing.assert_array_equal(got, evaluate_ap(lb, W, bias, groups))
+    x = lb.vectors(test_ids).astype(np.float64)
+    for units, p in groups:
+        y = np.isin(test_ids, p)
+        for u in units.tolist():
+            want = average_precision_score(y, x @ W[u].double().numpy() + float(bias[u]))
+            assert got[u] == pytest.approx(want, abs=1e-12)

