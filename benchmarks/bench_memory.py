@@ -13,6 +13,10 @@ everything else):
    Target: the non-index peak does not grow with |U| beyond id-sized arrays (the train/test id lists, a few
    bytes per row), i.e. far less than one embedding row (``4 d`` bytes) per added row.
 
+3. **Ray driver vs N** (``--driver-rows``, off by default): a SEALS run whose 2 flat shards are served by Ray
+   actors (separate processes); the driver's own peak RSS, which holds id lists (8 bytes per row) but no
+   vector, no test split and no (units x N) score matrix: test AP is counted on the shards (evaluate.py).
+
 Prints a table and writes JSON (``--out``, default ``benchmarks/out/memory.json``). Stores and indexes are
 generated once under ``--work`` (default ``benchmarks/out/memory_data``) and reused; ``--clean`` deletes them
 at the end.
@@ -20,6 +24,7 @@ at the end.
     python benchmarks/bench_memory.py --quick
     python benchmarks/bench_memory.py                      # 10M x 128 build (~20+ min on 2 cores) + runs
     python benchmarks/bench_memory.py --build-kinds flat   # skip the (slow to train) IVF-PQ build
+    python benchmarks/bench_memory.py --skip-build --skip-run --dim 64 --driver-rows 100000,1000000,10000000
 """
 
 from __future__ import annotations
@@ -155,6 +160,51 @@ def child_run(p: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def child_driver(p: dict[str, Any]) -> dict[str, Any]:
+    """The driver process of a Ray run (shard actors hold the vectors in their own processes): its peak RSS
+    should not grow with N beyond id-sized arrays (the train/test id lists)."""
+    import numpy as np
+
+    from seals_gpu.config import RunConfig
+    from seals_gpu.device import resolve_device
+    from seals_gpu.distributed import RayBackend, ray_session
+    from seals_gpu.driver import Run
+    from seals_gpu.store import Store
+
+    baseline = proc_status()["VmRSS"]
+    out = Path(p["out"])
+    if out.exists():
+        shutil.rmtree(out)
+    store = Store(p["store"])
+    dev = resolve_device("cpu")
+    cfg = RunConfig(
+        store=str(store.path),
+        store_fingerprint=store.fingerprint,
+        concepts=tuple(p["concepts"]),
+        index=p["index"],
+        strategies=("maxent",),
+        modes=("seals",),
+        k=p["k"],
+        batch=p["batch"],
+        budget=p["budget"],
+    )
+    t0 = time.perf_counter()
+    with PeakSampler() as sampler:
+        ids, is_test = store.read_split()
+        with ray_session(None), RayBackend(p["index"], excluded=np.sort(ids[is_test]), device=dev) as backend:
+            del ids, is_test
+            r = Run(cfg, out, store=store, backend=backend, device=dev, progress=False, log=lambda *_: None)
+            r.start()
+    return _child_result(
+        t0,
+        sampler,
+        baseline_rss=baseline,
+        rounds=r.round,
+        index_mapped=0,
+        test_ap=float(np.nanmean([m["test_ap"] for m in r.metrics if m["round"] == r.round])),
+    )
+
+
 def spawn(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; its last stdout line is the JSON result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(params)]
@@ -177,13 +227,13 @@ def ensure_store(work: Path, n: int, dim: int, concepts: int) -> Path:
     return path
 
 
-def ensure_flat_index(work: Path, store: Path) -> Path:
+def ensure_flat_index(work: Path, store: Path, shards: int = 1) -> Path:
     from seals_gpu.index import IndexSpec, build_index
 
-    path = work / f"flat-{store.name}"
+    path = work / (f"flat-{store.name}" if shards == 1 else f"flat{shards}-{store.name}")
     if not (path / "manifest.json").exists():
         print(f"  building flat index at {path} ...", flush=True)
-        build_index(store, path, IndexSpec(kind="flat"), overwrite=True)
+        build_index(store, path, IndexSpec(kind="flat", shards=shards), overwrite=True)
     return path
 
 
@@ -247,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--run-rows", default=None, help="two store sizes for the SEALS run (default 200000,2000000)"
     )
+    ap.add_argument(
+        "--driver-rows",
+        default=None,
+        help="store sizes for the Ray driver measurement (comma list, e.g. 100000,1000000,10000000; off by "
+        "default): the driver's own peak RSS while Ray shard actors hold the data",
+    )
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-run", action="store_true")
     ap.add_argument("--clean", action="store_true", help="delete the generated stores and indexes at the end")
@@ -254,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     if a.child:
-        fn = {"build": child_build, "run": child_run}[a.child[0]]
+        fn = {"build": child_build, "run": child_run, "driver": child_driver}[a.child[0]]
         print(json.dumps(fn(json.loads(a.child[1]))))
         return 0
 
@@ -303,6 +359,31 @@ def main(argv: list[str] | None = None) -> int:
             builds.append(r)
             rows.append(r)
         result["build"] = builds
+
+    if a.driver_rows:
+        drivers = []
+        for n in [int(x) for x in a.driver_rows.split(",")]:
+            store = ensure_store(a.work, n, a.dim, concepts=10)
+            index = ensure_flat_index(a.work, store, shards=2)
+            print(f"  measuring the Ray driver over {n:,} rows ...", flush=True)
+            r = spawn(
+                "driver",
+                {
+                    "store": str(store),
+                    "index": str(index),
+                    "out": str(a.work / f"driver-{n}"),
+                    "concepts": [0, 1, 2],
+                    "k": 100,
+                    "batch": 100,
+                    "budget": 400,
+                },
+            )
+            r.update(
+                measurement="Ray driver", rows=n, kind="flat, 2 shard actors", non_index_peak=r["peak_rss"]
+            )
+            drivers.append(r)
+            rows.append(r)
+        result["driver"] = drivers
 
     if not a.skip_run:
         runs = []

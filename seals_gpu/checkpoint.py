@@ -138,16 +138,17 @@ def write_checkpoint(run: Run) -> None:
         arrays[f"u{u.index}_labeled"] = u.labeled_ids
         arrays[f"u{u.index}_labels"] = u.label_vec
         arrays[f"u{u.index}_rounds"] = (
-            np.concatenate([np.full(a.size, r, np.int64) for r, a in enumerate(u.labeled)])
+            np.concatenate([np.full(a.size, r, small(run.config.n_rounds)) for r, a in enumerate(u.labeled)])
             if u.labeled
-            else np.empty(0)
+            else np.empty(0, np.uint8)
         )
         arrays[f"u{u.index}_pool"], arrays[f"u{u.index}_pool_gaps"] = encode_sorted_ids(u.pool.ids)
         if u.ref_sum is not None:
             arrays[f"u{u.index}_ref"] = u.ref_sum
-    for k, dtype in (("unit", np.int64), ("round", np.int64), ("id", np.int64), ("label", bool)):
+    n_units, n_rounds = len(run.units), run.config.n_rounds
+    for k, dtype in (("unit", small(n_units)), ("round", small(n_rounds)), ("id", np.int64), ("label", bool)):
         parts = [s[k] for s in run.selections]
-        arrays[f"sel_{k}"] = np.concatenate(parts) if parts else np.empty(0, dtype)
+        arrays[f"sel_{k}"] = np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
     if run.config.probe:
         parts = [s["probe"] for s in run.selections]
         arrays["sel_probe"] = np.concatenate(parts) if parts else np.empty(0, bool)
@@ -219,6 +220,11 @@ def recorded_config(arrays: dict[str, np.ndarray], path: Path, out: Path) -> Run
         ) from None
 
 
+def small(top: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned dtype holding ``0..top`` (rounds and unit numbers: a byte or two, not eight)."""
+    return next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if top <= np.iinfo(t).max)
+
+
 def encode_sorted_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique int64 ids as ``[first id, count]`` (empty for no ids) and the gaps between neighbours,
     in the smallest unsigned dtype that holds the largest gap (a pool's ids are dense in the train split:
@@ -229,8 +235,7 @@ def encode_sorted_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return ids, np.empty(0, np.uint8)
     gaps = np.diff(ids.view(np.uint64))
     top = int(gaps.max()) if gaps.size else 0
-    dtype = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if top <= np.iinfo(t).max)
-    return np.array([ids[0], ids.size], np.int64), gaps.astype(dtype)
+    return np.array([ids[0], ids.size], np.int64), gaps.astype(small(top))
 
 
 def decode_sorted_ids(head: np.ndarray, gaps: np.ndarray) -> np.ndarray:

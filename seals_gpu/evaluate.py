@@ -8,16 +8,16 @@ vector or an ``(units, N)`` score matrix:
 1. **the positives' scores** (:func:`group_logits`): per concept, its units' canonical logits of its test
    positives, computed where the positives' vectors live. Sorted, they are each unit's thresholds.
 2. **the others' counts** (:func:`count_blocks`): wherever test rows live (the in-process backend's shards,
-   or each Ray shard actor over its own rows), float32 logits of every unit for a block of rows at once (one
+   or each Ray shard actor over its own rows), float64 logits of every unit for a block of rows at once (one
    matrix product), the unit's own positives set aside, then :func:`metrics.count_at_or_above` against each
-   threshold widened by the float32 product's error bound on either side. A row above the band is above
-   the threshold, one below it is below; the rare rows inside a band (near-ties: duplicates of a positive)
+   threshold widened by the product's error bound (~1e-13 relative) on either side. A row above the band is
+   above the threshold, one below it is below; the rare rows inside a band (ties: duplicates of a positive)
    are re-scored canonically and compared exactly. Counts add over blocks and shards: only ``sum_u P_u``
    integers travel back.
 
 The AP is then :func:`metrics.ap_from_counts` in the driver: equal to scikit-learn's on the float64 logits
 (up to float64 round-off in its final sum), whatever the block size, shard count or device. Memory: a block
-of ``AP_UNITS`` x ``rows`` float32 logits where the rows are, and ``O(sum_u P_u)`` in the driver, whatever N.
+of ``AP_UNITS`` x ``rows`` float64 logits where the rows are, and ``O(sum_u P_u)`` in the driver, whatever N.
 """
 
 from __future__ import annotations
@@ -29,18 +29,19 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from .metrics import ap_from_counts, choose_cut
+from .metrics import ap_from_counts, choose_cut, count_at_or_above
 
-AP_UNITS = 256  # units whose logits of one block of test rows exist at once (AP_UNITS x rows float32)
+AP_UNITS = 256  # units whose logits of one block of test rows exist at once (AP_UNITS x rows float64)
 
 # A group: the units of one concept and that concept's sorted test-positive ids.
 Group = tuple[np.ndarray, np.ndarray]
 
 
 def logits_of(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
-    """``W @ x.T + bias`` as float32 ``(units, rows)``: one matrix product, on ``x``'s device."""
-    W = W.to(x.device, torch.float32)
-    return torch.addmm(bias.to(x.device, torch.float32)[:, None], W, x.float().T).cpu().numpy()
+    """``W @ x.T + bias`` as float64 ``(units, rows)``: one matrix product in ``x``'s dtype (float64 for the
+    AP count: its error bound is ~1e-13, so only exact ties of a positive need the canonical re-score)."""
+    W = W.to(x.device, x.dtype)
+    return torch.addmm(bias.to(x.device, x.dtype)[:, None], W, x.T).double().cpu().numpy()
 
 
 def canonical_logits(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
@@ -70,18 +71,17 @@ def group_logits(
 
 
 def error_bound(d: int, x_norm: float, w_norm: float, b: float) -> float:
-    """A bound on ``|float32 product - canonical|`` for one logit: ``2 gamma`` of ``d + 2`` roundings (the
-    products' sum in any order, the intercept, the store in float32) of ``sum |x_i w_i| + |b|``, which is
-    at most ``|x| |w| + |b|``; the canonical float64 sum's own error is far inside it."""
-    return (d + 2) * 2.0**-22 * (x_norm * w_norm + abs(b))
+    """A bound on ``|float64 product - canonical|`` for one logit: ``gamma`` of ``d + 2`` roundings (the
+    products' sum in any order, the intercept) of ``sum |x_i w_i| + |b| <= |x| |w| + |b|``, for the product
+    and for the canonical sum each (``2 (d + 2) u``, ``u = 2**-53``), doubled for margin."""
+    return (d + 2) * 2.0**-50 * (x_norm * w_norm + abs(b))
 
 
 def _widen(t: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """float32 bounds outside ``[t - eps, t + eps]``: a float32 score below ``lo`` is below ``t`` and one at
-    or above ``hi`` is above it, whatever the product's rounding."""
-    lo = np.nextafter((t - eps).astype(np.float32), np.float32(-np.inf))
-    hi = np.nextafter((t + eps).astype(np.float32), np.float32(np.inf))
-    return lo, hi
+    """Bounds outside ``[t - eps, t + eps]``: a product below ``lo`` is below ``t`` and one at or above ``hi``
+    is above it, whatever the product's rounding."""
+    t = np.asarray(t, np.float64)
+    return np.nextafter(t - eps, -np.inf), np.nextafter(t + eps, np.inf)
 
 
 def unit_positives(groups: Sequence[Group], n_units: int) -> list[np.ndarray]:
@@ -123,7 +123,7 @@ def count_blocks(
             for s in range(0, len(live), AP_UNITS):
                 chunk = live[s : s + AP_UNITS]
                 idx = torch.as_tensor(chunk, dtype=torch.long, device=W.device)
-                logits = logits_of(x, W[idx], bias[idx])
+                logits = logits_of(block.x, W[idx], bias[idx])
                 jobs = [
                     (
                         logits[j],
@@ -181,16 +181,16 @@ class _Block:
 
     def __init__(self, ids: np.ndarray, x: torch.Tensor):
         self.ids = ids
-        self.x = x
+        self.x = x.double()  # the products in float64 (see logits_of)
         self.d = int(x.shape[1])
-        self.x_norm = float(torch.linalg.vector_norm(x.double(), dim=1).max())
+        self.x_norm = float(torch.linalg.vector_norm(self.x, dim=1).max())
         self._host: np.ndarray | None = None
 
     def eps(self, w_norm: float, b: float) -> float:
         return error_bound(self.d, self.x_norm, w_norm, b)
 
     def host(self, rows: np.ndarray) -> np.ndarray:
-        """The float32 vectors of some rows, on the host (fetched once per block, only for a near-tie)."""
+        """The vectors of some rows, on the host (fetched once per block, only for a near-tie)."""
         if self._host is None:
             self._host = self.x.cpu().numpy()
         return self._host[rows]
@@ -198,7 +198,7 @@ class _Block:
     def count(
         self, row: np.ndarray, positives: np.ndarray, t: np.ndarray, eps: float, w: np.ndarray, b: float
     ) -> np.ndarray:
-        """How many of the block's rows (float32 logits ``row``, modified in place) other than ``positives``
+        """How many of the block's rows (float64 logits ``row``, modified in place) other than ``positives``
         have a canonical logit at or above each threshold ``t``."""
         ids = self.ids
         if positives.size:  # the unit's own positives are set aside (pass 1 scored them)
@@ -208,7 +208,13 @@ class _Block:
             if loc.size:
                 row[loc] = -np.inf
         lo, hi = _widen(t, eps)
-        n_hi, bands = banded_counts(row, lo, hi)
+        both = np.concatenate([lo, hi])
+        order = np.argsort(both, kind="stable")
+        n_ge = np.empty(both.size, np.int64)
+        n_ge[order] = count_at_or_above(row, both[order])
+        if np.array_equal(n_ge[: t.size], n_ge[t.size :]):  # no row within the error bound of a threshold
+            return n_ge[t.size :]
+        n_hi, bands = banded_counts(row, lo, hi)  # near-ties (duplicates of a positive): find them
         for j, rows in bands:  # rows within the error bound of threshold j: decided on canonical logits
             n_hi[j] += int(np.count_nonzero(canonical_logits(self.host(rows), w, b) >= t[j]))
         return n_hi
