@@ -7,8 +7,9 @@ k=100, all queries in one call per shard. Cases, on the same cores:
 - ``in-process``  LocalBackend over 1 shard (the reference) and over each shard layout (sharding's own cost);
 - ``ray``         RayBackend with one actor per shard, ``threads // shards`` FAISS/torch threads each.
 
-Correctness first: every case must give the reference's results bit for bit (ids and similarities, and the
-score_all top-b). Then ``--repeat`` rounds in which every case runs once in turn (so drifting load on a
+Correctness first: every case must give the reference's neighbour sets (similarities to float32 rounding:
+shards' products differ in the last bit, and near-ties at the k-th place are decided in float64) and its
+score_all top-b bit for bit. Then ``--repeat`` rounds in which every case runs once in turn (so drifting load on a
 shared machine hits every case alike); the table shows medians. ``overhead`` is a case's time over the
 1-shard in-process time; the target for Ray is <= 1.3x. ``score_all`` scores every candidate for 64 units
 (b=100): only weights go out and (U, b) ids and scores come back.
@@ -101,12 +102,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ("ray", s, RayBackend(paths[s], excluded=test_ids, device=cpu, threads_per_actor=per_actor))
             )
         try:
-            # correctness first (also the warm-up): every layout, local or Ray, gives the same bits
+            # correctness first (also the warm-up): every layout, local or Ray, gives the same neighbours
             D0, I0 = cases[0][2].search(xq, k, exclude_ids=q)
             top0 = cases[0][2].score_all(excl, W, bias, kind, ref, 1.0, args.b).numpy()
             for mode, s, be in cases[1:]:
                 sims, nbrs = be.search(xq, k, exclude_ids=q)
-                if not (np.array_equal(nbrs, I0) and np.array_equal(sims, D0)):
+                # what exact search guarantees across layouts: the same neighbour set per query (near-ties
+                # at the k-th place are decided in float64), similarities equal to float32 rounding (the
+                # order of neighbours whose similarities differ by less than that may differ)
+                same_sets = np.array_equal(np.sort(nbrs, axis=1), np.sort(I0, axis=1))
+                by_id = np.take_along_axis(sims, np.argsort(nbrs, axis=1), axis=1)
+                by_id0 = np.take_along_axis(D0, np.argsort(I0, axis=1), axis=1)
+                if not (same_sets and np.allclose(by_id, by_id0, rtol=0, atol=2e-6)):
                     raise SystemExit(
                         f"{mode} search over {s} shards differs from the 1-shard in-process search"
                     )

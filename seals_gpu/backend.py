@@ -209,12 +209,12 @@ class LocalBackend:
     def search(self, xq: np.ndarray, k: int, exclude_ids: np.ndarray | None = None):
         """k nearest neighbours among the train rows (the test split never enters), ``(D, I)``."""
         if self.device.kind == "cpu" and self.search_method in ("flat", "ivf"):
-            from .index.merge import merge_neighbors
+            from .index.merge import merge_neighbors, rescorer
 
             parts = [s.search(xq, k, exclude_ids=exclude_ids) for s in self._train_subsets()]
-            return parts[0] if len(parts) == 1 else merge_neighbors(parts, k)
+            return parts[0] if len(parts) == 1 else merge_neighbors(parts, k, rescorer(xq, self.vectors))
         if self.device.kind == "cuda" and self.index.kind == "flat":
-            from .index.merge import merge_neighbors
+            from .index.merge import merge_neighbors, rescorer
             from .index.torch_exact import TorchExactIndex
 
             if self._gpu_search is None:
@@ -229,7 +229,7 @@ class LocalBackend:
                     for keep in [self._train_mask(s)]  # train rows only
                 ]
             parts = [t.search(xq, k, exclude_ids=exclude_ids) for t in self._gpu_search]
-            return parts[0] if len(parts) == 1 else merge_neighbors(parts, k)
+            return parts[0] if len(parts) == 1 else merge_neighbors(parts, k, rescorer(xq, self.vectors))
         if self.device.kind == "cuda" and self.device.faiss_gpu and not self._faiss_on_gpu:
             import faiss
 

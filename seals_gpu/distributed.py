@@ -52,7 +52,7 @@ from .device import DeviceChoice, resolve_device
 from .errors import ConfigError, IndexError_, SealsError
 from .evaluate import Group
 from .index.build import FORMAT, LocalIndex, fill_shard, read_manifest
-from .index.merge import merge_neighbors
+from .index.merge import merge_neighbors, rescorer
 from .index.shard import IndexShard, SearchParams
 from .pool import isin_sorted
 from .scoring import TopB, merge_topb
@@ -920,7 +920,7 @@ class ShardedIndex:
             return [a.search.remote(xq_ref, k, ex_ref) for a in self.actors]
 
         parts = self.call(submit)
-        return parts[0] if len(parts) == 1 else merge_neighbors(parts, k)
+        return parts[0] if len(parts) == 1 else merge_neighbors(parts, k, rescorer(xq, self.vectors))
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Exact float32 vectors of ``ids`` from their owner shards (labeled sets, test rows)."""

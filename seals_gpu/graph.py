@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from .atomic import clean_leftovers, overlap, real, write_json, write_parquet
 from .errors import ConfigError, IndexError_
 from .index.build import INDEX_ENTRY, LocalIndex, read_manifest
-from .index.merge import merge_neighbors
+from .index.merge import merge_neighbors, rescorer
 
 __all__ = ["GRAPH_FORMAT", "KnnGraph", "build_graph"]
 
@@ -308,7 +308,11 @@ def _build_ray(
 
         def collect(p: dict[str, int], refs: list[Any]) -> None:
             ids, d_own, i_own, *others = sidx.gather(refs, lambda: submit(p))
-            sims, nbrs = (d_own, i_own) if n == 1 else merge_neighbors([(d_own, i_own), *others], k)
+
+            def rescore(rows: np.ndarray, cand: np.ndarray) -> np.ndarray:  # near-ties at the merged k-th
+                return rescorer(sidx.vectors(ids[rows]), sidx.vectors)(np.arange(rows.size), cand)
+
+            sims, nbrs = (d_own, i_own) if n == 1 else merge_neighbors([(d_own, i_own), *others], k, rescore)
             finish(p, ids, sims, nbrs)
 
         try:

@@ -209,3 +209,32 @@ def test_exact_scores_are_float64_dot_products_whatever_the_chunking():
         got = exact_scores(xq, V, pos, chunk)
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, want)
+
+
+def test_merge_decides_a_near_tie_at_the_kth_place_on_float64_scores() -> None:
+    """Shards' float32 similarities differ in the last bit; at a merged k-th place closer than TIE_EPS to
+    the next, the rescore decides (float64), so the ids do not depend on the sharding."""
+    from seals_gpu.index.merge import TIE_EPS, merge_neighbors, rescorer
+
+    rng = np.random.default_rng(3)
+    d = 16
+    q = rng.normal(size=(1, d)).astype(np.float32)
+    q /= np.linalg.norm(q)
+    base = rng.normal(size=d)
+    base -= (base @ q[0]) * q[0]
+    vecs = {}
+    for i, s in zip((10, 11, 12), (0.9, 0.5, 0.5 + 2e-7), strict=True):  # 11 and 12 nearly tie; 12 is ahead
+        v = s * q[0] + np.sqrt(1 - s * s) * base / np.linalg.norm(base)
+        vecs[i] = v.astype(np.float32)
+    exact = {i: float(np.dot(q[0].astype(np.float64), v.astype(np.float64))) for i, v in vecs.items()}
+    assert exact[12] > exact[11] and abs(exact[12] - exact[11]) < TIE_EPS
+    # shard A says 11 is at 0.5 + 1e-6 (rounding went its way); shard B has 10 and 12 with 12 a hair lower
+    part_a = (np.array([[exact[11] + 1e-6]], np.float32), np.array([[11]], np.int64))
+    part_b = (np.array([[exact[10], exact[12] - 1e-7]], np.float32), np.array([[10, 12]], np.int64))
+    D, I = merge_neighbors([part_a, part_b], 2)
+    assert I.tolist() == [[10, 11]]  # float32 values alone pick 11
+    D, I = merge_neighbors(
+        [part_a, part_b], 2, rescorer(q, lambda ids: np.stack([vecs[int(i)] for i in ids]))
+    )
+    assert I.tolist() == [[10, 12]]
+    assert D[0, 1] == np.float32(exact[12])

@@ -515,6 +515,17 @@ def test_store_without_labels_runs_with_seed_ids(tmp_path, capsys):
     m = pq.read_table(out / "metrics.parquet").to_pydict()
     assert m["n_labeled"][-1] == 18 and m["round"][-1] == 2
     assert all(np.isnan(m["test_ap"])) and all(np.isnan(m["recall"]))
+    # issue #14's hunt, end to end: three known whales, a script labeling the queue, then the final model
+    # ranks the whole store into a list of likely positives
+    assert main(["retrieve", str(out), "--top", "100", "--device", "cpu", "--quiet"]) == 0
+    got = pq.read_table(out / "retrieved.parquet").to_pydict()
+    assert got["rank"] == list(range(1, 101)) and set(got["concept"]) == {"whales"}
+    labeled = set(pq.read_table(out / "selections.parquet").column("id").to_pylist())
+    assert not labeled & set(got["id"])  # already labeled items are left out by default
+    hits = len(truth & set(got["id"]))
+    left = truth - labeled  # the whales still to be found, among the 800 - 18 unlabeled items
+    chance = 100 * len(left) / (800 - len(labeled))  # whales in a random 100 of them
+    assert hits >= 3 * chance, f"{hits} whales in the top 100; chance gives {chance:.1f}"
     capsys.readouterr()
     code = main([a for a in args if a not in ("--seed-ids", str(seeds))] + ["--out", str(tmp_path / "r2")])
     assert code == 2 and "--seed-ids" in capsys.readouterr().err

@@ -27,7 +27,7 @@ import numpy as np
 from ..atomic import atomic_dir, check_output_dir
 from ..errors import IndexError_
 from ..store import Store, check_unique_ids
-from .merge import merge_neighbors
+from .merge import merge_neighbors, rescorer
 from .shard import KINDS, IndexShard, SearchParams, default_ivf_params, train_ivfpq
 
 FORMAT = "seals_gpu.index/1"
@@ -465,7 +465,9 @@ class LocalIndex:
         self, xq: np.ndarray, k: int, *, exclude_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         parts = [s.search(xq, k, exclude_ids=exclude_ids) for s in self.shards]
-        return parts[0] if len(parts) == 1 else merge_neighbors(parts, k)
+        if len(parts) == 1:
+            return parts[0]
+        return merge_neighbors(parts, k, rescorer(np.asarray(xq, np.float32), self.vectors))
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)

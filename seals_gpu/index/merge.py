@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -51,12 +51,27 @@ def sort_neighbors(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np
     return out_D, out_I
 
 
-def merge_neighbors(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+# Float32 GEMM similarities of unit vectors are within ~1e-6 of the float64 value; two candidates closer than
+# this may be ordered by rounding, so a k-th place this close to the next is decided on float64 scores.
+TIE_EPS = 1e-5
+
+# rescore(rows, ids): float32-rounded float64 similarities of the queries ``rows`` with candidates ``ids``
+Rescore = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def merge_neighbors(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int, rescore: Rescore | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-shard kNN results ``[(D_s, I_s), ...]`` (each (nq, k_s)) into the global top-``k``.
 
     Order-independent: similarity descending, ties by lower id. Equals the top-``k`` of one search over
     the union of the shards when each shard returned its own top-``k``. Missing entries are told by a
     non-finite similarity (see :func:`sort_neighbors`), never by their id.
+
+    Shards' similarities come from products of different shapes and can differ from one another's in the
+    last bit; with ``rescore`` (see :func:`rescorer`), a row whose merged k-th and (k+1)-th candidates are
+    closer than ``TIE_EPS`` has every candidate re-scored in float64 and is ordered again, so the ids a row
+    returns do not depend on how the data was sharded.
     """
     if not parts:
         raise ValueError("merge_neighbors needs at least one (D, I) pair")
@@ -66,4 +81,29 @@ def merge_neighbors(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> t
             raise ValueError(f"shard results disagree in shape: {[p[1].shape for p in parts]}")
     D = np.concatenate([np.asarray(p[0], dtype=np.float32) for p in parts], axis=1)
     I = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts], axis=1)
-    return sort_neighbors(D, I, k)
+    if rescore is None or D.shape[1] <= k:
+        return sort_neighbors(D, I, k)
+    Dk, Ik = sort_neighbors(D, I, k + 1)
+    with np.errstate(invalid="ignore"):  # -inf - -inf where a row has fewer than k + 1 candidates
+        risky = np.flatnonzero(np.isfinite(Dk[:, k]) & (Dk[:, k - 1] - Dk[:, k] < TIE_EPS))
+    Dk, Ik = Dk[:, :k], Ik[:, :k]
+    if risky.size:
+        valid = np.isfinite(D[risky])
+        some = Ik[risky, :1]  # a real id of each row stands in for its missing slots (then set to -inf)
+        ids = np.where(valid, I[risky], some)
+        exact = np.where(valid, rescore(risky, ids), -np.inf)
+        Dk[risky], Ik[risky] = sort_neighbors(exact, ids, k)
+    return Dk, Ik
+
+
+def rescorer(xq: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray]) -> Rescore:
+    """A ``rescore`` for :func:`merge_neighbors`: float64 per-pair dot products (the shards' own
+    :func:`~seals_gpu.index.shard.exact_scores`, so a pair gets the same bits wherever it is re-scored) of
+    queries ``xq`` with the vectors ``vectors_of(ids)`` gives."""
+    from .shard import exact_scores
+
+    def rescore(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        uniq, pos = np.unique(ids, return_inverse=True)
+        return exact_scores(xq[rows], np.asarray(vectors_of(uniq), np.float32), pos.reshape(ids.shape))
+
+    return rescore

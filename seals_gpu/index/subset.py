@@ -4,10 +4,12 @@ SEALS's neighbourhood ``N(z, k)`` is taken among the *train* rows only (the test
 so the driver searches a row subset of the index, not the whole store. Both searchers here hold that subset
 as one contiguous float32 matrix and answer ``search(xq, k, exclude_ids) -> (D, I)`` exactly like
 :meth:`seals_gpu.index.shard.IndexShard.search`: global ids, ``-inf`` / ``-1`` padding (a slot is a
-neighbour iff its similarity is finite), similarity descending then id ascending, similarities re-scored
-in float64 so every searcher and batch gives the same bits for the same pair.
+neighbour iff its similarity is finite), similarity descending then id ascending. A row whose k-th and
+(k+1)-th candidates are closer than ``merge.TIE_EPS`` is re-scored in float64 (``exact_scores``), so the
+ids it returns do not depend on GEMM rounding or the batch; elsewhere similarities keep their float32 GEMM
+value (equal across layouts to ~1e-6, not bit for bit).
 
-``FlatSubset``  exact: blocked float32 GEMM + top-(k + margin), then the float64 re-score of those.
+``FlatSubset``  exact: blocked float32 GEMM + top-(k + margin), then the boundary re-score.
 ``IvfSubset``   approximate, for many queries against many rows: k-means lists (spherical, FAISS's k-means),
                 queries assigned to their ``nprobe`` nearest lists in float64 (so a query's lists do not
                 depend on the rest of its batch), then for every list ONE GEMM of all the queries probing it
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import IndexError_
-from .merge import sort_neighbors
+from .merge import TIE_EPS, sort_neighbors
 from .shard import _check_queries, exact_scores
 
 PHASE1_LISTS = 3  # nearest lists per query scanned first: their kc-th best score bounds the final one
@@ -49,11 +51,6 @@ def _check(
         if exclude_ids.shape != (xq.shape[0],):
             raise IndexError_(f"exclude_ids must have shape ({xq.shape[0]},), got {exclude_ids.shape}")
     return xq, exclude_ids
-
-
-# Float32 GEMM similarities of unit vectors are within ~1e-6 of the float64 value; a row whose k-th and
-# (k+1)-th candidates are closer than this is re-scored in float64 so the set of ids it returns is exact.
-TIE_EPS = 1e-5
 
 
 def _finish(
