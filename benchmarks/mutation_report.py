@@ -48,6 +48,8 @@ CORE = [
     "store",
     "distributed",
     "atomic",
+    "evaluate",
+    "selection",
 ]
 BEGIN, END = "<!-- mutation:begin -->", "<!-- mutation:end -->"
 
