@@ -360,58 +360,28 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
         result["build"] = builds
 
+    def measure(child: str, n: int, shards: int, budget: int, **update: Any) -> dict[str, Any]:
+        """One SEALS run over an ``n``-row store (3 concepts, MaxEnt, k 100) in a fresh process."""
+        store = ensure_store(a.work, n, a.dim, concepts=10)
+        index = ensure_flat_index(a.work, store, shards=shards)
+        print(f"  measuring {update['measurement']} over {n:,} rows ...", flush=True)
+        out = a.work / f"{child}-{n}"
+        p = {"store": str(store), "index": str(index), "out": str(out), "concepts": [0, 1, 2]}
+        r = spawn(child, {**p, "k": 100, "batch": 100, "budget": budget})
+        r.update(rows=n, **update)
+        r["non_index_peak"] = r["peak_rss"] - r["index_mapped"]
+        shutil.rmtree(out, ignore_errors=True)
+        rows.append(r)
+        return r
+
     if a.driver_rows:
-        drivers = []
-        for n in [int(x) for x in a.driver_rows.split(",")]:
-            store = ensure_store(a.work, n, a.dim, concepts=10)
-            index = ensure_flat_index(a.work, store, shards=2)
-            print(f"  measuring the Ray driver over {n:,} rows ...", flush=True)
-            r = spawn(
-                "driver",
-                {
-                    "store": str(store),
-                    "index": str(index),
-                    "out": str(a.work / f"driver-{n}"),
-                    "concepts": [0, 1, 2],
-                    "k": 100,
-                    "batch": 100,
-                    "budget": 400,
-                },
-            )
-            r.update(
-                measurement="Ray driver", rows=n, kind="flat, 2 shard actors", non_index_peak=r["peak_rss"]
-            )
-            drivers.append(r)
-            rows.append(r)
-        result["driver"] = drivers
+        result["driver"] = [
+            measure("driver", n, 2, 400, measurement="Ray driver", kind="flat, 2 shard actors")
+            for n in [int(x) for x in a.driver_rows.split(",")]
+        ]
 
     if not a.skip_run:
-        runs = []
-        for n in run_rows:
-            store = ensure_store(a.work, n, a.dim, concepts=10)
-            index = ensure_flat_index(a.work, store)
-            print(f"  measuring a SEALS run over {n:,} rows ...", flush=True)
-            r = spawn(
-                "run",
-                {
-                    "store": str(store),
-                    "index": str(index),
-                    "out": str(a.work / f"run-{n}"),
-                    "concepts": [0, 1, 2],
-                    "k": 100,
-                    "batch": 100,
-                    "budget": 600,
-                },
-            )
-            r.update(
-                measurement="SEALS run",
-                rows=n,
-                kind="flat (mmap)",
-                non_index_peak=r["peak_rss"] - r["index_mapped"],
-            )
-            shutil.rmtree(a.work / f"run-{n}", ignore_errors=True)
-            runs.append(r)
-            rows.append(r)
+        runs = [measure("run", n, 1, 600, measurement="SEALS run", kind="flat (mmap)") for n in run_rows]
         (lo, hi) = runs[0], runs[-1]
         growth = hi["non_index_peak"] - lo["non_index_peak"]
         per_row = growth / max(1, hi["rows"] - lo["rows"])

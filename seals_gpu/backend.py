@@ -79,8 +79,9 @@ class LocalBackend:
         self.scoring_backend = scoring_backend
         self._emb: list[torch.Tensor | None] = [None] * len(index.shards)
         self._cand_sum: tuple[np.ndarray, int] | None = None
-        self._train: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # shard -> its train rows, when kept
-        self._test: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # shard -> its test rows, when kept
+        # (shard, test?) -> that split's rows of the shard, when kept (see _split_rows)
+        self._kept: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._test_dev: dict[int, torch.Tensor] = {}  # shard -> its kept test rows on the device
         self._gpu_search: list | None = None
         self._faiss_on_gpu = False
         self._faiss_res = None
@@ -139,16 +140,21 @@ class LocalBackend:
         return ~isin_sorted(self.index.shards[s].ids, self.excluded)
 
     def _train_rows(self, s: int) -> tuple[np.ndarray, np.ndarray]:
-        """Shard ``s``'s train rows as ``(ids, contiguous float32 vectors)``: one filtered copy, kept and
-        shared by the search structures and All mode when every shard's rows fit ``CANDIDATE_CACHE_BYTES``,
-        else made afresh on each call."""
-        if s in self._train:
-            return self._train[s]
+        """Shard ``s``'s train rows as ``(ids, contiguous float32 vectors)`` (see :meth:`_split_rows`)."""
+        return self._split_rows(s, test=False)
+
+    def _split_rows(self, s: int, *, test: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Shard ``s``'s train (or test) rows as ``(ids, contiguous float32 vectors)``: one filtered copy,
+        kept and shared (by the search structures and All mode, or by the AP count) when every shard's rows
+        fit ``CANDIDATE_CACHE_BYTES``, else made afresh on each call."""
+        if (s, test) in self._kept:
+            return self._kept[(s, test)]
         sh = self.index.shards[s]
         keep = self._train_mask(s)
+        keep = ~keep if test else keep
         rows = (sh.ids[keep], np.ascontiguousarray(np.asarray(sh.vectors)[keep], dtype=np.float32))
         if self._keep_train_rows:
-            self._train[s] = rows
+            self._kept[(s, test)] = rows
         return rows
 
     def _ivf(self, shard: int, ids: np.ndarray, vec: np.ndarray):
@@ -360,25 +366,23 @@ class LocalBackend:
     # ------------------------------------------------------------------ test AP (see evaluate.py)
     def _test_blocks(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """The test rows (``excluded``) of every shard as ``(sorted ids, float32 vectors on the device)`` in
-        blocks of at most ``TEST_BLOCK_ROWS``: one contiguous copy per shard kept when the index fits
-        ``CANDIDATE_CACHE_BYTES`` (as the train rows are), else gathered block by block each time."""
+        blocks of at most ``TEST_BLOCK_ROWS``: the kept copy of :meth:`_split_rows` when the index fits
+        ``CANDIDATE_CACHE_BYTES``, else gathered block by block each time (memory bounded by a block)."""
         dev = self.device.torch_device
         for s, sh in enumerate(self.index.shards):
-            if s in self._test:
-                ids, x = self._test[s]
-            else:
-                pos = np.flatnonzero(isin_sorted(sh.ids, self.excluded))
-                if not self._keep_train_rows:
-                    for b in range(0, pos.size, TEST_BLOCK_ROWS):
-                        p = pos[b : b + TEST_BLOCK_ROWS]
-                        x_np = np.ascontiguousarray(np.asarray(sh.vectors)[p], dtype=np.float32)
-                        yield sh.ids[p], torch.from_numpy(x_np).to(dev)
-                    continue
-                x_np = np.ascontiguousarray(np.asarray(sh.vectors)[pos], dtype=np.float32)
-                ids, x = sh.ids[pos], torch.from_numpy(x_np).to(dev)
-                self._test[s] = (ids, x)
-            for b in range(0, ids.size, TEST_BLOCK_ROWS):
-                yield ids[b : b + TEST_BLOCK_ROWS], x[b : b + TEST_BLOCK_ROWS]
+            if self._keep_train_rows:
+                ids, x_np = self._split_rows(s, test=True)
+                if s not in self._test_dev:  # on the CPU a view of the kept copy; on a GPU resident there
+                    self._test_dev[s] = torch.from_numpy(x_np).to(dev)
+                x = self._test_dev[s]
+                for b in range(0, ids.size, TEST_BLOCK_ROWS):
+                    yield ids[b : b + TEST_BLOCK_ROWS], x[b : b + TEST_BLOCK_ROWS]
+                continue
+            pos = np.flatnonzero(isin_sorted(sh.ids, self.excluded))
+            for b in range(0, pos.size, TEST_BLOCK_ROWS):
+                p = pos[b : b + TEST_BLOCK_ROWS]
+                x_np = np.ascontiguousarray(np.asarray(sh.vectors)[p], dtype=np.float32)
+                yield sh.ids[p], torch.from_numpy(x_np).to(dev)
 
     def group_logits(self, groups: list[Group], W: torch.Tensor, bias: torch.Tensor) -> list[np.ndarray]:
         """Per group ``(units, ids)``: its units' float32 logits of its ids (AP's pass 1)."""
