@@ -394,11 +394,3 @@ class LocalBackend:
         """Per unit, how many test rows other than its positives score at or above each threshold (AP's
         pass 2, over this process's test rows)."""
         return count_blocks(self._test_blocks(), W, bias, thresholds, groups)
-
-    def logits(self, ids: np.ndarray, W: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
-        """``X[ids] @ W.T + bias`` as float32 (n, U), in blocks."""
-        out = np.empty((np.asarray(ids).size, W.shape[0]), dtype=np.float32)
-        for s in range(0, out.shape[0], 65_536):
-            x = torch.from_numpy(self.vectors(ids[s : s + 65_536])).to(W.device, W.dtype)
-            out[s : s + x.shape[0]] = (x @ W.T + bias).float().cpu().numpy()
-        return out

@@ -526,11 +526,6 @@ class ShardServer:
         top = self.backend.score_all(exclude, W, bias, kind, ref, beta, b)
         return top.numpy()
 
-    def logits(self, ids: np.ndarray, W: Any, bias: Any) -> np.ndarray:
-        """``X[ids] @ W.T + bias`` as float32 (n, U), for ids this shard owns."""
-        W, bias, _, _ = _units(W, bias, None, None)
-        return self.backend.logits(np.asarray(ids, dtype=np.int64), W, bias)
-
     def group_logits(self, groups: list[Group], W: Any, bias: Any) -> list[np.ndarray]:
         """Test AP's pass 1 for the ids of each group that this shard owns (see :mod:`seals_gpu.evaluate`)."""
         W, bias, _, _ = _units(W, bias, None, None)
@@ -590,9 +585,6 @@ class ShardActor:
 
     def score_all(self, exclude, W, bias, kind, ref, beta, b):
         return self.server.score_all(exclude, W, bias, kind, ref, beta, b)
-
-    def logits(self, ids, W, bias):
-        return self.server.logits(ids, W, bias)
 
     def group_logits(self, groups, W, bias):
         return self.server.group_logits(groups, W, bias)
@@ -1174,20 +1166,6 @@ class RayBackend:
             for u, c in enumerate(res[s]):
                 total[u] += c
         return total
-
-    def logits(self, ids: np.ndarray, W: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
-        """``X[ids] @ W.T + bias`` as float32 (n, U), computed on the shards that own the ids."""
-        ids = np.asarray(ids, dtype=np.int64).ravel()
-        out = np.empty((ids.size, int(W.shape[0])), dtype=np.float32)
-        if not ids.size:
-            return out
-        owner = self.index.owners(ids)
-        masks = {int(s): owner == s for s in np.unique(owner)}
-        Wh, bh = _host(W), _host(bias)
-        res = self.index.each("logits", {s: (ids[m], Wh, bh) for s, m in masks.items()})
-        for s, m in masks.items():
-            out[m] = res[s]
-        return out
 
     def close(self) -> None:
         """Stop the shard actors."""

@@ -327,7 +327,7 @@ def test_unknown_ids_raise_everywhere_never_another_rows_vector(gappy):
         "in-memory index.vectors": lambda q: mem.vectors(q),
         "backend.vectors": lambda q: be.vectors(q),
         "backend.sum_vectors": lambda q: be.sum_vectors(q),
-        "backend.logits": lambda q: be.logits(q, W, bias),
+        "backend.group_logits": lambda q: be.group_logits([(np.array([0]), q)], W, bias),
         "backend.score_pool": lambda q: be.score_pool(q, np.array([0, q.size]), W, bias, kind, ref, 1.0, 2),
         "ShardServer.vectors": lambda q: server.vectors(q),
     }
