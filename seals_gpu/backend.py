@@ -27,6 +27,7 @@ from .evaluate import Group, count_blocks, group_logits
 from .index.build import LocalIndex
 from .pool import isin_sorted
 from .scoring import TopB, merge_topb, score_all, score_select
+from .split import ShardSplit, Split
 
 
 def sub_csr(ids: np.ndarray, offsets: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +87,8 @@ class LocalBackend:
         self._faiss_on_gpu = False
         self._faiss_res = None
         self.dim = index.dim
+        self._split_parts: dict[int, ShardSplit] = {}
+        self._split: Split | None = None
 
     # ------------------------------------------------------------------ plumbing
     def _shard_emb(self, s: int) -> torch.Tensor:
@@ -138,6 +141,19 @@ class LocalBackend:
     def _train_mask(self, s: int) -> np.ndarray:
         """Which rows of shard ``s`` are train rows (everything but ``excluded``, the test split)."""
         return ~isin_sorted(self.index.shards[s].ids, self.excluded)
+
+    def split_part(self, s: int) -> ShardSplit:
+        """Shard ``s``'s train/test rows as a :class:`ShardSplit` (made once)."""
+        if s not in self._split_parts:
+            self._split_parts[s] = ShardSplit(self.index.shards[s].ids, ~self._train_mask(s))
+        return self._split_parts[s]
+
+    @property
+    def split(self) -> Split:
+        """The train/test split over this backend's shards (see :mod:`seals_gpu.split`)."""
+        if self._split is None:
+            self._split = Split.of_parts([self.split_part(s) for s in range(len(self.index.shards))])
+        return self._split
 
     def _train_rows(self, s: int) -> tuple[np.ndarray, np.ndarray]:
         """Shard ``s``'s train rows as ``(ids, contiguous float32 vectors)`` (see :meth:`_split_rows`)."""

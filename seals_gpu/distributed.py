@@ -56,6 +56,7 @@ from .index.merge import merge_neighbors, rescorer
 from .index.shard import IndexShard, SearchParams
 from .pool import isin_sorted
 from .scoring import TopB, merge_topb
+from .split import Split
 
 __all__ = [
     "DEFAULT_FAULT_TOLERANCE",
@@ -344,7 +345,9 @@ class ShardServer:
         shard_dir: the shard folder (``ids.npy``, ``vectors.npy``, ``index.faiss`` for ivfpq).
         kind: ``"flat"`` or ``"ivfpq"`` (the index manifest's kind).
         params: query-time knobs (nprobe, rerank), as :class:`SearchParams` or a dict.
-        excluded: sorted ids never scored (the test split); only those this shard owns are kept.
+        excluded: sorted ids never scored (the test split); only those this shard owns are kept. Or a dict
+            ``{"store": path, "fingerprint": fp}``: the shard reads its own test ids from that store (see
+            :func:`~seals_gpu.split.shard_test_ids`), so no id list has to come from the driver.
         device_name: where scoring runs (``"cpu"``, ``"cuda"``, ``"auto"``).
         block_rows: rows per block when streaming the shard (All-mode scoring, candidate sums).
         threads: CPU threads for FAISS and torch in this process (None: leave as is).
@@ -360,7 +363,7 @@ class ShardServer:
         shard_dir: str | os.PathLike[str],
         kind: str,
         params: SearchParams | dict[str, Any] | None,
-        excluded: np.ndarray | None,
+        excluded: np.ndarray | dict[str, Any] | None,
         device_name: str = "cpu",
         *,
         block_rows: int = 131_072,
@@ -375,8 +378,13 @@ class ShardServer:
         self.shard_dir = Path(shard_dir)
         self.shard = IndexShard.load(self.shard_dir, kind=kind, params=_as_params(params), mmap=True)
         ids = self.shard.ids
-        excl = np.sort(np.asarray(excluded if excluded is not None else [], dtype=np.int64))
-        self.excluded = excl[self.shard.contains(excl)] if excl.size else excl
+        if isinstance(excluded, dict):
+            from .split import shard_test_ids
+
+            self.excluded = shard_test_ids(str(excluded["store"]), excluded.get("fingerprint"), ids)
+        else:
+            excl = np.sort(np.asarray(excluded if excluded is not None else [], dtype=np.int64))
+            self.excluded = excl[self.shard.contains(excl)] if excl.size else excl
         self.block_rows = int(block_rows)
         self.device = resolve_device(device_name)
         manifest = {
@@ -538,6 +546,13 @@ class ShardServer:
         W, bias, _, _ = _units(W, bias, None, None)
         return self.backend.test_counts(W, bias, thresholds, groups)
 
+    def split(self, method: str, *args: Any) -> Any:
+        """A :class:`~seals_gpu.split.ShardSplit` question about this shard's train/test rows (``counts``,
+        ``codes``, ``take``, ``side_ids``)."""
+        if method not in ("counts", "codes", "take", "side_ids"):
+            raise ValueError(f"split method {method!r}: choose counts, codes, take or side_ids")
+        return getattr(self.backend.split_part(0), method)(*args)
+
 
 class ShardActor:
     """The Ray actor: a thin shell around :class:`ShardServer`; state is built once in ``__init__``.
@@ -592,6 +607,9 @@ class ShardActor:
     def test_counts(self, W, bias, thresholds, groups):
         return self.server.test_counts(W, bias, thresholds, groups)
 
+    def split(self, method, *args):
+        return self.server.split(method, *args)
+
 
 _REMOTE: dict[str, Any] = {}
 
@@ -613,7 +631,9 @@ class ShardedIndex:
     Args:
         index_path: the index folder (on a filesystem every node sees).
         params: query-time knobs; default from the manifest.
-        excluded: sorted ids never scored (the test split), for :class:`RayBackend`.
+        excluded: sorted ids never scored (the test split), for :class:`RayBackend`; or a store folder
+            (str or Path) whose split every shard actor reads for its own id range, so the driver holds no
+            id list (``RayBackend(..., excluded=store.path)``).
         device: where the actors score (``"cpu"``, ``"cuda"``, ``"auto"``); cuda reserves GPUs.
         threads_per_actor: FAISS/torch threads per actor (default: its node's cores / shards on that node).
         block_rows: rows per block when an actor streams its shard.
@@ -633,7 +653,7 @@ class ShardedIndex:
         index_path: str | os.PathLike[str],
         *,
         params: SearchParams | None = None,
-        excluded: np.ndarray | None = None,
+        excluded: np.ndarray | str | os.PathLike[str] | None = None,
         device: str = "cpu",
         threads_per_actor: int | None = None,
         block_rows: int = 131_072,
@@ -659,7 +679,12 @@ class ShardedIndex:
         self.params = params or SearchParams(nprobe=int(p.get("nprobe", 32)), rerank=int(p.get("rerank", 4)))
         self.fault = fault
         self._log: Callable[[str], None] = log or (lambda _line: None)
-        excl = np.sort(np.asarray(excluded if excluded is not None else [], dtype=np.int64))
+        from_store = isinstance(excluded, (str, os.PathLike))
+        excl = (
+            np.empty(0, np.int64)
+            if from_store
+            else np.sort(np.asarray(excluded if excluded is not None else [], dtype=np.int64))
+        )
         resources = ray.cluster_resources()
         nodes = ray.nodes()
         n_nodes = max(1, sum(1 for n in nodes if n.get("Alive")))
@@ -689,9 +714,13 @@ class ShardedIndex:
         }
         self._make = []
         for s in range(self.n_shards):
-            lo = np.searchsorted(excl, self.id_min[s], side="left")
-            hi = np.searchsorted(excl, self.id_max[s], side="right")
-            self._make.append(self._actor_factory(s, options, {**common, "excluded": excl[lo:hi]}))
+            if from_store:
+                own: Any = {"store": str(Path(excluded).resolve()), "fingerprint": self.store_fingerprint}
+            else:
+                lo = np.searchsorted(excl, self.id_min[s], side="left")
+                hi = np.searchsorted(excl, self.id_max[s], side="right")
+                own = excl[lo:hi]
+            self._make.append(self._actor_factory(s, options, {**common, "excluded": own}))
         self.actors = [make() for make in self._make]
         try:
             infos = self.call(lambda: [a.ready.remote() for a in self.actors], timeout=fault.ready_timeout_s)
@@ -998,7 +1027,8 @@ class RayBackend:
 
     Args:
         index_path: the index folder (on a filesystem every node sees).
-        excluded: sorted ids never scored or pooled (the test split).
+        excluded: sorted ids never scored or pooled (the test split), or the store folder whose split each
+            shard reads for itself (the driver then holds no id list: see :attr:`split`).
         device: the driver's :class:`DeviceChoice`; the actors score on the same kind of device.
         threads_per_actor, block_rows, scoring_backend, fault, log: see :class:`ShardedIndex`.
     """
@@ -1007,7 +1037,7 @@ class RayBackend:
         self,
         index_path: str | os.PathLike[str],
         *,
-        excluded: np.ndarray | None,
+        excluded: np.ndarray | str | os.PathLike[str] | None,
         device: DeviceChoice,
         threads_per_actor: int | None = None,
         block_rows: int = 131_072,
@@ -1028,10 +1058,26 @@ class RayBackend:
         )
         self.dim = self.index.dim
         self._cand_sum: tuple[np.ndarray, int] | None = None
+        self._split: Split | None = None
 
     @property
     def actors(self) -> list[Any]:
         return self.index.actors
+
+    @property
+    def split(self) -> Split:
+        """The train/test split, answered by the shard actors (the driver holds only per-shard counts)."""
+        if self._split is None:
+            n = self.index.n_shards
+            counts = self.index.each("split", {s: ("counts",) for s in range(n)})
+
+            def call(method: str, args_of: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
+                return self.index.each("split", {s: (method, *a) for s, a in args_of.items()})
+
+            self._split = Split(
+                self.index.id_min, self.index.id_max, np.array([counts[s] for s in range(n)]), call
+            )
+        return self._split
 
     def search(
         self, xq: np.ndarray, k: int, exclude_ids: np.ndarray | None = None

@@ -51,6 +51,7 @@ from .seeds import (
     text_seed_ids,
 )
 from .selection import Selection, Unit
+from .split import TEST, TRAIN, Split, split_codes
 from .store import Store
 
 NEIGHBOR_SLOT_BYTES = 12  # one neighbour of one row in the run's table: an int64 id and a float32 similarity
@@ -113,18 +114,25 @@ class Run(Selection):
         self.device = device or resolve_device("auto")
         self.log = log
         self.progress = progress
-        ids, is_test = store.read_split()
-        self.train_ids = np.sort(ids[~is_test])
-        self.test_ids = np.sort(ids[is_test])
-        if self.train_ids.size == 0 or self.test_ids.size == 0:
+        # the split: read here for an in-process backend (its index holds every row in this process anyway);
+        # a given backend (Ray shard actors) answers for its own rows, so the driver holds no id list
+        test_ids = None
+        if backend is None:
+            ids, is_test = store.read_split()
+            test_ids = np.sort(ids[is_test])
+            n_train, n_test = int(ids.size - test_ids.size), int(test_ids.size)
+            del ids, is_test
+        else:
+            n_train, n_test = backend.split.train.size, backend.split.test.size
+        if n_train == 0 or n_test == 0:
             raise ConfigError(
                 f"store {store.path} needs both train and test rows; its split gives "
-                f"{self.train_ids.size} train and {self.test_ids.size} test"
+                f"{n_train} train and {n_test} test"
             )
         n_seals = sum(m == "seals" for m in config.modes) * len(config.strategies)
         self.plan: SearchPlan = plan_search(
             requested=config.search,
-            n_train=int(self.train_ids.size),
+            n_train=n_train,
             dim=store.dim,
             concepts_with_seals=len(config.concepts) if n_seals else 0,
             seals_units=n_seals * len(config.concepts),
@@ -135,7 +143,6 @@ class Run(Selection):
             graph=graph is not None,
             index_kind=None if backend is not None else (index.kind if index is not None else "flat"),
         )
-        n_train = int(self.train_ids.size)
         if config.budget > n_train:
             raise ConfigError(
                 f"--budget {config.budget} is more than the {n_train} train rows of {store.path}: no unit can "
@@ -147,11 +154,11 @@ class Run(Selection):
         self.cache_key: dict[str, Any] | None = None
         if backend is None:
             index = index if index is not None else LocalIndex.in_memory(store)
-            self.cache_key = self._search_cache_key(index) if cache else None
+            self.cache_key = self._search_cache_key(index, test_ids) if cache else None
             backend = LocalBackend(
                 index,
                 self.device,
-                excluded=self.test_ids,
+                excluded=test_ids,
                 search_method=self.plan.method if self.plan.method in ("flat", "ivf", "index") else "flat",
                 search_recall=config.search_recall,
                 search_k=config.k,
@@ -159,6 +166,7 @@ class Run(Selection):
                 log=log,
             )
         self.backend = backend
+        self.split: Split = backend.split  # train/test: sizes, membership, draws by rank (see split.py)
         # seconds per phase of the loop, written to RUN/timings.json (see _write_timings)
         self.timings: dict[str, float] = dict.fromkeys(
             ("seed", "fit", "search", "select", "label", "record", "checkpoint"), 0.0
@@ -174,9 +182,7 @@ class Run(Selection):
         self.oracle = oracle or SimulatedOracle(positives)
         # --seed-ids: each concept's known positives and negatives (their labels are not asked again)
         self.seed_file = (
-            read_seed_ids(Path(config.seed_ids), config.concepts, self.train_ids, self.test_ids)
-            if config.seed_ids
-            else None
+            read_seed_ids(Path(config.seed_ids), config.concepts, self.split) if config.seed_ids else None
         )
         self.known: dict[tuple[str, int], bool] = {}
         for key, (pos, neg) in (self.seed_file or {}).items():
@@ -190,8 +196,13 @@ class Run(Selection):
                     "besides its --seed-ids; lower --seed-negatives"
                 )
         self.units: list[Unit] = []
-        for c in config.concepts:
-            p_train = positives[c][isin_sorted(positives[c], self.train_ids)]
+        # each concept's positives by split: one question to the shards for all of them
+        codes = split_codes(self.split, [positives[c] for c in config.concepts])
+        self._test_pos: dict[Any, np.ndarray] = {}
+        self._train_pos: dict[Any, np.ndarray] = {}
+        for c, code in zip(config.concepts, codes, strict=True):
+            p_train = self._train_pos[c] = positives[c][code == TRAIN]
+            self._test_pos[c] = positives[c][code == TEST]  # what AP needs: never a per-row test array
             if store.has_labels and positives[c].size == 0:
                 raise ConfigError(f"concept {c!r} has no positives in {store.path}; check the concept id")
             if self.seed_file is None and config.seed_text is None:
@@ -218,10 +229,6 @@ class Run(Selection):
         self._nbr = NeighborCache(config.k)
         self._precomputed = False
         self._probe_rows: dict[int, dict[str, float]] = {}  # --probe: each unit's estimate for this round
-        # each concept's sorted test-positive ids (what AP needs; never a per-row array of the test split)
-        self._test_pos: dict[Any, np.ndarray] = {
-            c: positives[c][isin_sorted(positives[c], self.test_ids)] for c in config.concepts
-        }
         by_concept: dict[Any, list[int]] = {}
         for u in self.units:
             by_concept.setdefault(u.concept, []).append(u.index)
@@ -233,13 +240,13 @@ class Run(Selection):
                     "(NaN, left out of the means); its recall is still measured. Pick another concept for AP"
                 )
 
-    def _search_cache_key(self, index: LocalIndex) -> dict[str, Any]:
+    def _search_cache_key(self, index: LocalIndex, test_ids: np.ndarray) -> dict[str, Any]:
         """What a cached search structure for this run depends on (see :mod:`seals_gpu.cache`)."""
         from .cache import ids_digest
 
         return {
             "store": self.store.fingerprint,
-            "test": ids_digest(self.test_ids),
+            "test": ids_digest(test_ids),
             "index": "in-memory" if index.manifest["shards"][0]["dir"] is None else str(index.path.resolve()),
             "shards": len(index.shards),
             "method": self.plan.method,
@@ -251,26 +258,27 @@ class Run(Selection):
         train rows), from the cache when an earlier run with the same store and settings computed them."""
         from . import cache
 
+        train_ids = self.split.train.all()  # every train row is a query here: the list is needed
         key = None
         if self.cache_key is not None:
             # format 2: missing neighbours are told by D = -inf (any int64 is an id); format 1 entries dropped
             # negative ids, so they are never reused
             key = {**self.cache_key, "k": self.config.k, "recall": self.config.search_recall, "format": 2}
             hit = cache.load("neighbors", key)
-            if hit is not None and np.array_equal(hit.get("ids"), self.train_ids):
+            if hit is not None and np.array_equal(hit.get("ids"), train_ids):
                 I = hit["I"]
-                if I.shape == (self.train_ids.size, self.config.k):
-                    self._nbr.add(self.train_ids, hit["D"], I)
+                if I.shape == (train_ids.size, self.config.k):
+                    self._nbr.add(train_ids, hit["D"], I)
                     self.log(f"neighbours: reused every train row's {self.config.k} from the cache")
                     return
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.train_ids.size, desc="neighbours of every train row", unit="rows")
+            bar = tqdm(total=train_ids.size, desc="neighbours of every train row", unit="rows")
         Ds, Is = [], []
-        for s in range(0, self.train_ids.size, 16_384):
-            blk = self.train_ids[s : s + 16_384]
+        for s in range(0, train_ids.size, 16_384):
+            blk = train_ids[s : s + 16_384]
             D, I = self.backend.search(self.backend.vectors(blk), self.config.k, exclude_ids=blk)
             Ds.append(D)
             Is.append(I)
@@ -279,9 +287,9 @@ class Run(Selection):
         if bar is not None:
             bar.close()
         D, I = np.concatenate(Ds), np.concatenate(Is)
-        self._nbr.add(self.train_ids, D, I)
+        self._nbr.add(train_ids, D, I)
         if key is not None:
-            cache.save("neighbors", key, {"ids": self.train_ids, "D": D, "I": I})
+            cache.save("neighbors", key, {"ids": train_ids, "D": D, "I": I})
 
     def neighbors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours ``(D (n, k), I (n, k))`` of each id (-inf / -1 padded: a slot is a neighbour
@@ -311,14 +319,18 @@ class Run(Selection):
         D_all, I_all = self.neighbors(new_all)  # one search (or graph lookup) for every unit's new ids
         found = np.isfinite(D_all)  # a missing neighbour has D = -inf; every int64 is a legal id
         start = 0
+        cands: dict[int, np.ndarray] = {}
         for u, new in seals.items():
-            unit = self.units[u]
             rows = slice(start, start + new.size)
-            cand = I_all[rows][found[rows]]
             start += new.size
-            cand = sorted_unique(cand)  # sorted: the membership tests below are ~6x faster
-            cand = cand[~isin_sorted(cand, unit.pool.ids)]  # mostly pooled already: filter before the rest
-            cand = cand[isin_sorted(cand, self.train_ids)]  # test ids never enter a pool
+            cand = sorted_unique(I_all[rows][found[rows]])  # sorted: the membership tests are ~6x faster
+            cands[u] = cand[~isin_sorted(cand, self.units[u].pool.ids)]  # mostly pooled already
+        # test ids never enter a pool: one question to the split (its shards) for every unit's new ids
+        every = sorted_unique(np.concatenate(list(cands.values())))
+        train = every[self.split.train.contains(every)] if every.size else every
+        for u, cand in cands.items():
+            unit = self.units[u]
+            cand = cand[isin_sorted(cand, train)]
             added = unit.pool.grow(cand, np.sort(unit.labeled_ids))
             if unit.strategy == "id" and added.size:
                 unit.ref_sum = unit.ref_sum + self.backend.sum_vectors(added)
@@ -413,7 +425,7 @@ class Run(Selection):
 
     def _record(self, round_no: int, t: dict[str, Any]) -> None:
         aps = self._test_ap()
-        n_train = self.train_ids.size
+        n_train = self.split.train.size
         n_units = len(self.units)
         n_seals = max(1, sum(u.mode == "seals" for u in self.units))
         for u in self.units:
@@ -559,13 +571,12 @@ class Run(Selection):
                     pos, neg = self.seed_file[str(c)]
                     given = np.concatenate([pos, neg])
                     drawn = draw_excluding(
-                        rng, self.train_ids, np.sort(given), max(0, cfg.seed_negatives - neg.size)
+                        rng, self.split.train, np.sort(given), max(0, cfg.seed_negatives - neg.size)
                     )
                     ids = np.concatenate([given, drawn])
                 else:
-                    p_train = self.positives[c][isin_sorted(self.positives[c], self.train_ids)]
                     ids, _ = draw_seed_set(
-                        rng, self.train_ids, p_train, cfg.seed_positives, cfg.seed_negatives
+                        rng, self.split.train, self._train_pos[c], cfg.seed_positives, cfg.seed_negatives
                     )
                 seeds.update({u.index: ids for u in self.units if u.concept == c})
             T["seed"] += time.perf_counter() - t0

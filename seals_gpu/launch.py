@@ -21,6 +21,7 @@ from .errors import ConfigError, IndexError_
 from .index.build import LocalIndex
 from .rundir import RunLock, check_out_dir, inspect_run_dir
 from .seeds import sample_concepts
+from .split import store_split
 from .store import Store, prevalence_range
 
 
@@ -70,8 +71,8 @@ def run_from_args(a: Any) -> Run:
     store = Store(a.store)
     strategies = parse_list(a.strategies, what="strategies")
     modes = parse_list(a.modes, what="modes")
-    ids, is_test = store.read_split()
-    train_ids = np.sort(ids[~is_test])
+    # the store's split, asked only where needed before a backend exists (streamed: no id list is held)
+    split = store_split(store)
     oracle = getattr(a, "oracle", "simulated")
     seed_ids = getattr(a, "seed_ids", None)
     seed_text = parse_seed_text(getattr(a, "seed_text", None), store, seed_ids)
@@ -102,7 +103,7 @@ def run_from_args(a: Any) -> Run:
                 )
     else:
         concepts = sample_concepts(
-            store, a.concepts_sample, prevalence_range(a.prevalence), a.seed, a.seed_positives, train_ids
+            store, a.concepts_sample, prevalence_range(a.prevalence), a.seed, a.seed_positives, split
         )
     if seed_text is not None and store.has_labels:  # the names a user types -> the run's concept keys
         seed_text = {str(store.resolve_concepts([k])[0]): t for k, t in seed_text.items()}
@@ -110,7 +111,7 @@ def run_from_args(a: Any) -> Run:
     if seed_ids is not None:  # the file's positives are the seed positives; its negatives count toward N
         from .seeds import read_seed_ids
 
-        known = read_seed_ids(Path(seed_ids), concepts, train_ids, np.sort(ids[is_test]))
+        known = read_seed_ids(Path(seed_ids), concepts, split)
         seed_settings = {
             "seed_positives": max(p.size for p, _ in known.values()),
             "seed_negatives": max([a.seed_negatives, *(n.size for _, n in known.values())]),
@@ -215,7 +216,8 @@ def run_from_args(a: Any) -> Run:
 
         with (
             ray_session(a.ray_address),
-            RayBackend(a.index, excluded=np.sort(ids[is_test]), device=dev, log=log) as backend,
+            # each shard actor reads its own test rows from the store: the driver holds no id list
+            RayBackend(a.index, excluded=store.path, device=dev, log=log) as backend,
         ):
             r = Run(
                 cfg, out, store=store, backend=backend, graph=graph, device=dev, progress=not a.quiet, log=log

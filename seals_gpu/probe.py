@@ -49,6 +49,7 @@ import numpy as np
 
 from .pool import isin_sorted
 from .seeds import draw_excluding
+from .split import Side
 
 ALPHA = 0.05  # two-sided: 95% intervals
 # the metrics.parquet columns a run with --probe B > 0 adds (float64, NaN where not applicable: All units,
@@ -88,21 +89,24 @@ def draw_probes(
     key: int,
     round_no: int,
     n: int,
-    train_ids: np.ndarray,
+    train: np.ndarray | Side,
     pool_ids: np.ndarray,
     labeled_ids: np.ndarray,
 ) -> tuple[np.ndarray, int]:
     """``n`` ids drawn uniformly without replacement from the outside set (all of it when it is smaller), in
-    the order drawn, and the outside set's size. Deterministic in (seed, key, round) and the unit's state."""
+    the order drawn, and the outside set's size. Deterministic in (seed, key, round) and the unit's state.
+    ``train``: the sorted train ids, or the run's :class:`~seals_gpu.split.Side` (the same draws)."""
     excluded = np.union1d(pool_ids, labeled_ids)
-    size = int(train_ids.size - isin_sorted(excluded, train_ids).sum())
+    in_train = isin_sorted(excluded, train) if isinstance(train, np.ndarray) else train.contains(excluded)
+    size = int(train.size - in_train.sum())
     rng = np.random.default_rng([int(seed), int(key), int(round_no)])
     if n <= 0 or size == 0:
         return np.empty(0, np.int64), size
-    if n >= size or size < 4 * n or size < train_ids.size // 4:  # rejection would be slow: list the set
+    if n >= size or size < 4 * n or size < train.size // 4:  # rejection would be slow: list the set
+        train_ids = train if isinstance(train, np.ndarray) else train.all()  # the pool is most of it anyway
         out = outside_ids(train_ids, pool_ids, labeled_ids)
         return rng.permutation(out)[: min(n, size)].astype(np.int64), size
-    return draw_excluding(rng, train_ids, excluded, n), size
+    return draw_excluding(rng, train, excluded, n), size
 
 
 def clopper_pearson(y: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
@@ -157,7 +161,13 @@ def add_probes(run: Any, round_no: int, b_round: int, chosen: dict[int, np.ndarr
             continue
         taken = np.concatenate([u.labeled_ids, picks])
         ids, _ = draw_probes(
-            cfg.seed, probe_key(u.concept, u.strategy, u.mode), round_no, n, run.train_ids, u.pool.ids, taken
+            cfg.seed,
+            probe_key(u.concept, u.strategy, u.mode),
+            round_no,
+            n,
+            run.split.train,
+            u.pool.ids,
+            taken,
         )
         chosen[u.index] = np.concatenate([picks, ids]).astype(np.int64)
         flags[u.index] = np.concatenate([np.zeros(picks.size, bool), np.ones(ids.size, bool)])
@@ -176,11 +186,10 @@ def outside_state(
             continue
         picks = chosen[u.index][~probe[u.index]]
         inside = np.union1d(np.union1d(u.pool.ids, u.labeled_ids), picks)
-        size = int(run.train_ids.size - isin_sorted(inside, run.train_ids).sum())
+        size = int(run.split.train.size - run.split.train.contains(inside).sum())
         truth = math.nan
         if run.store.has_labels:
-            pos = np.sort(run.positives[u.concept])
-            pos = pos[isin_sorted(pos, run.train_ids)]
+            pos = run._train_pos[u.concept]  # sorted
             truth = float(pos.size - isin_sorted(pos, inside).sum())
         out.append((size, truth))
     return out

@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import ConfigError, SealsError
 from .pool import isin_sorted
+from .split import TEST, TRAIN, Side, Split, split_codes
 from .store import Store
 
 
@@ -38,9 +39,14 @@ def check_seed_set(concept: Any, n_train: int, n_pos_train: int, n_pos: int, n_n
 
 
 def draw_seed_set(
-    rng: np.random.Generator, train_ids: np.ndarray, positives_train: np.ndarray, n_pos: int, n_neg: int
+    rng: np.random.Generator,
+    train_ids: np.ndarray | Side,
+    positives_train: np.ndarray,
+    n_pos: int,
+    n_neg: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n_pos`` random positives and ``n_neg`` random negatives from the train split."""
+    """``n_pos`` random positives and ``n_neg`` random negatives from the train split (its sorted ids, or
+    the :class:`~seals_gpu.split.Side` that answers for them: the same draws)."""
     check_seed_set(None, int(train_ids.size), int(positives_train.size), n_pos, n_neg)
     pos = rng.choice(positives_train, size=n_pos, replace=False)
     neg = draw_excluding(rng, train_ids, positives_train, n_neg)
@@ -50,14 +56,15 @@ def draw_seed_set(
 
 
 def draw_excluding(
-    rng: np.random.Generator, train_ids: np.ndarray, excluded: np.ndarray, n: int
+    rng: np.random.Generator, train_ids: np.ndarray | Side, excluded: np.ndarray, n: int
 ) -> np.ndarray:
     """``n`` distinct random train ids not in ``excluded`` (sorted), in the order drawn; the caller makes
-    sure that many exist."""
+    sure that many exist. ``train_ids``: sorted ids, or a :class:`~seals_gpu.split.Side` (ids by rank,
+    asked of the shards: the same draws without the list)."""
     out: list[int] = []
     chosen: set[int] = set()
     while len(out) < n:
-        cand = train_ids[rng.integers(0, train_ids.size, size=2 * (n - len(out)) + 8)]
+        cand = train_ids.take(rng.integers(0, train_ids.size, size=2 * (n - len(out)) + 8))
         for c in cand[~isin_sorted(cand, excluded)].tolist():
             if c not in chosen:
                 chosen.add(c)
@@ -79,7 +86,7 @@ def text_seed_ids(store: Store, backend: Any, texts: dict[str, str], k: int) -> 
 
 
 def read_seed_ids(
-    path: Path, concepts: Sequence[Any], train_ids: np.ndarray, test_ids: np.ndarray
+    path: Path, concepts: Sequence[Any], split: Split
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``--seed-ids FILE`` (CSV or Parquet: ``concept, id[, label]``; label 1, the default, a known positive,
     0 a known negative): per concept key (its text) the known positives and negatives, in file order. Every
@@ -114,6 +121,7 @@ def read_seed_ids(
     keys = {str(c): c for c in concepts}
     out: dict[str, tuple[list[int], list[int]]] = {k: ([], []) for k in keys}
     seen: dict[tuple[str, int], bool] = {}
+    rows: list[tuple[str, str, int, bool]] = []
     for r in range(table.num_rows):
         at = f"{at_word} {r + first}"
         c = str(cols["concept"][r]).strip()
@@ -126,12 +134,11 @@ def read_seed_ids(
             raise ConfigError(
                 f"--seed-ids {path} {at}: concept {c!r} is not one of --concepts; list it or drop the row"
             )
-        if not isin_sorted(np.array([i], np.int64), train_ids)[0]:
-            where = (
-                "in the test split"
-                if isin_sorted(np.array([i], np.int64), test_ids)[0]
-                else "not in the store"
-            )
+        rows.append((at, c, i, y))
+    codes = split.codes(np.array([i for _, _, i, _ in rows], dtype=np.int64))  # one question for every id
+    for (at, c, i, y), code in zip(rows, codes.tolist(), strict=True):
+        if code != TRAIN:
+            where = "in the test split" if code == TEST else "not in the store"
             raise ConfigError(
                 f"--seed-ids {path} {at}: id {i} is {where}; seed ids must be train ids of the store"
             )
@@ -155,21 +162,25 @@ def eligible_concepts(
     store: Store,
     prevalence: tuple[float, float],
     min_train_positives: int,
-    train_ids: np.ndarray,
+    train_ids: np.ndarray | Split,
     *,
     min_test_positives: int = 0,
 ) -> list[Any]:
     """Concepts with prevalence in [MIN, MAX], at least ``min_train_positives`` positives in the train split
     and (optionally) ``min_test_positives`` in the test split (a concept without a test positive has no AP),
-    in a fixed order (by repr)."""
+    in a fixed order (by repr). ``train_ids``: the sorted train ids, or the run's :class:`Split`."""
     counts = store.concept_counts()
     lo, hi = prevalence
     eligible = sorted((c for c, k in counts.items() if lo <= k / store.num_rows <= hi), key=repr)
     if eligible:
         pos = store.concept_positives(eligible)
+        if isinstance(train_ids, Split):  # one question to the split for every concept's positives
+            in_train = [code == TRAIN for code in split_codes(train_ids, [pos[c] for c in eligible])]
+        else:
+            in_train = [isin_sorted(pos[c], train_ids) for c in eligible]
         keep = []
-        for c in eligible:
-            n_train = int(isin_sorted(pos[c], train_ids).sum())
+        for c, mask in zip(eligible, in_train, strict=True):
+            n_train = int(mask.sum())
             if n_train >= min_train_positives and pos[c].size - n_train >= min_test_positives:
                 keep.append(c)
         eligible = keep
@@ -182,7 +193,7 @@ def sample_concepts(
     prevalence: tuple[float, float],
     seed: int,
     min_train_positives: int,
-    train_ids: np.ndarray,
+    train_ids: np.ndarray | Split,
     *,
     min_test_positives: int = 0,
 ) -> list[Any]:

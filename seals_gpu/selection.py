@@ -24,6 +24,7 @@ from .learner import LogisticModel
 from .pool import CandidatePool, isin_sorted, to_csr
 from .probe import probe_count
 from .scoring import TopB, strategy_scores
+from .split import Split
 from .strategies import binary_entropy, random_scores, select_topk_segmented
 
 KERNEL_KIND = {"maxent": 0, "mlp": 1, "id": 2}
@@ -66,7 +67,7 @@ class Selection:
     units: list[Unit]
     backend: Any
     round: int
-    train_ids: np.ndarray
+    split: Split
 
     neighbors: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # k nearest train rows of ids (Run)
 
@@ -165,7 +166,8 @@ class Selection:
     def _candidates(self, u: Unit) -> np.ndarray:
         if u.mode == "seals":
             return u.pool.ids
-        return self.train_ids[~isin_sorted(self.train_ids, np.sort(u.labeled_ids))]
+        train = self.split.train.all()  # All mode lists the whole train split (8 bytes a row, this round)
+        return train[~isin_sorted(train, np.sort(u.labeled_ids))]
 
     def _select_torch(self, u: Unit, w: torch.Tensor, b: torch.Tensor, b_round: int) -> np.ndarray:
         """random, id-knn and id-pairwise: scored here, one unit at a time, in blocks."""

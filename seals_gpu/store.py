@@ -421,6 +421,35 @@ class Store:
             pos += b.ids.size
         return ids, test
 
+    def test_ids_between(self, lo: int, hi: int, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> np.ndarray:
+        """Sorted ids of the test split within ``[lo, hi]``: what one shard of an index needs to know of the
+        split. Row groups whose id statistics fall outside the range are skipped, so a store written in id
+        order is read only around the range; memory is one batch plus the ids returned."""
+        out: list[np.ndarray] = []
+        for f, meta in zip(self.files, self._meta, strict=True):
+            col = meta.schema.to_arrow_schema().get_field_index("id")
+            groups = []
+            for g in range(meta.num_row_groups):
+                st = meta.row_group(g).column(col).statistics
+                if st is not None and st.has_min_max and (st.max < lo or st.min > hi):
+                    continue
+                groups.append(g)
+            if not groups:
+                continue
+            cols = ["id", "split"] if self.has_split else ["id"]
+            try:
+                pf = pq.ParquetFile(f, pre_buffer=False)
+                row0 = 0
+                for rb in pf.iter_batches(batch_size=batch_rows, columns=cols, row_groups=groups):
+                    b = self._convert(rb, f, row0, False, False, True, False)
+                    row0 += len(rb)
+                    keep = b.split & (b.ids >= lo) & (b.ids <= hi)
+                    if keep.any():
+                        out.append(b.ids[keep])
+            except (OSError, pa.ArrowException) as e:
+                raise StoreError(f"{f}: could not be read ({e}); the file is corrupt or truncated") from None
+        return np.sort(np.concatenate(out)) if out else np.empty(0, np.int64)
+
     def take(self, ids: Iterable[int] | np.ndarray, *, normalize: bool = True) -> np.ndarray:
         """Embeddings of ``ids`` in the order given, float32 (len(ids), d). One streaming pass.
 

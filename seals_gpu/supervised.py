@@ -16,19 +16,21 @@ from .metrics import average_precision
 
 
 def full_supervision_ap(run: Any) -> dict[Any, float]:
-    """Fit one logistic model per concept on the whole train split (the ceiling active learning aims at)."""
+    """Fit one logistic model per concept on the whole train split (the ceiling active learning aims at).
+    Holds every row's vector here: a reference for collections that fit one process."""
     dev = run.device.torch_device
-    x_train = torch.from_numpy(run.backend.vectors(run.train_ids)).to(dev)
-    x_test = torch.from_numpy(run.backend.vectors(run.test_ids)).to(dev)
+    train_ids, test_ids = run.split.train.all(), run.split.test.all()
+    x_train = torch.from_numpy(run.backend.vectors(train_ids)).to(dev)
+    x_test = torch.from_numpy(run.backend.vectors(test_ids)).to(dev)
     out: dict[Any, float] = {}
     for c in run.config.concepts:
-        y = torch.from_numpy(np.isin(run.train_ids, run.positives[c]).astype(np.float32)).to(dev)
+        y = torch.from_numpy(np.isin(train_ids, run.positives[c]).astype(np.float32)).to(dev)
         mask = torch.ones_like(y, dtype=torch.bool)
         model = fit_logistic(
             x_train[None], y[None], mask[None], C=run.config.C, class_weight=run.config.class_weight
         )
         logits = (x_test @ model.W[0].to(x_test.dtype) + model.b[0].to(x_test.dtype)).float().cpu().numpy()
-        out[c] = float(average_precision(np.isin(run.test_ids, run._test_pos[c]), logits))
+        out[c] = float(average_precision(np.isin(test_ids, run._test_pos[c]), logits))
     return out
 
 
@@ -38,10 +40,10 @@ def record_full_supervision(run: Any) -> None:
     aps = full_supervision_ap(run)
     secs = (time.perf_counter() - t0) / max(1, len(aps))
     metrics, _ = tables(run)
-    n_train = int(run.train_ids.size)
+    n_train = int(run.split.train.size)
     rows = []
     for c, ap in aps.items():
-        n_pos = int(np.isin(run.train_ids, run.positives[c]).sum())
+        n_pos = int(run._train_pos[c].size)
         rows.append(
             {
                 "concept": c if metrics.schema.field("concept").type == pa.int64() else str(c),

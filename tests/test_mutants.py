@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from seals_gpu.atomic import _HOST, check_writable, leftovers, save_npy, write_json
 from seals_gpu.errors import ConfigError, SealsError
-from seals_gpu.index.merge import merge_neighbors
+from seals_gpu.index.merge import TIE_EPS, merge_neighbors, rescorer
 from seals_gpu.metrics import average_precision, average_precision_many, recall
 from seals_gpu.strategies import (
     STRATEGIES,
@@ -294,6 +295,52 @@ def test_merge_neighbors_keeps_large_ids_exact_whatever_the_parts_integer_dtype(
     p2 = (np.array([[0.5]], np.float32), np.array([[big + 4]], np.uint64))
     D, I = merge_neighbors([p1, p2], 3)
     assert I.dtype == np.int64 and I.tolist() == [[big, big + 4, big + 2]]
+
+
+def test_merge_neighbors_with_rescore_warns_nothing_when_a_row_has_fewer_than_k_candidates():
+    """Shards may return fewer than k real neighbours (padding ``-inf``); merging such rows with a rescore is
+    silent, no numpy RuntimeWarning in the user's log (index.merge.x_merge_neighbors__mutmut_57)."""
+    p1 = (np.array([[0.9, -np.inf], [0.8, 0.7]], np.float32), np.array([[1, -1], [2, 3]], np.int64))
+    p2 = (np.array([[-np.inf], [0.6]], np.float32), np.array([[-1], [4]], np.int64))
+
+    def rescore(rows, ids):  # never needed: no row has a near tie at its k-th place
+        raise AssertionError("no rescore expected")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D, I = merge_neighbors([p1, p2], 2, rescore)
+    assert I.tolist() == [[1, -1], [2, 3]]
+    assert D[0, 1] == -np.inf and D[1].tolist() == [np.float32(0.8), np.float32(0.7)]
+
+
+def test_merge_neighbors_rescores_a_near_tie_in_a_row_that_also_has_missing_slots():
+    """A row whose k-th place is a near tie is re-scored in float64 also when some shard padded it with
+    missing entries: the missing slots stay missing and the tie is decided on the exact scores, through the
+    package's own rescorer (index.merge.x_merge_neighbors__mutmut_71, _76)."""
+    rng = np.random.default_rng(8)
+    d = 8
+    q = rng.normal(size=(1, d)).astype(np.float32)
+    q /= np.linalg.norm(q)
+    other = rng.normal(size=d)
+    other -= (other @ q[0]) * q[0]
+    other /= np.linalg.norm(other)
+    vecs = {
+        i: (s * q[0] + np.sqrt(1 - s * s) * other).astype(np.float32)
+        for i, s in ((10, 0.9), (11, 0.5), (12, 0.5 + 2e-7))
+    }
+    exact = {i: float(q[0].astype(np.float64) @ v.astype(np.float64)) for i, v in vecs.items()}
+    assert exact[12] > exact[11] and exact[12] - exact[11] < TIE_EPS
+    # shard A's float32 similarity put 11 a hair ahead; both shards padded their row with missing slots
+    part_a = (np.array([[exact[11] + 1e-6, -np.inf]], np.float32), np.array([[11, -1]], np.int64))
+    part_b = (
+        np.array([[exact[10], exact[12] - 1e-7, -np.inf]], np.float32),
+        np.array([[10, 12, 7]], np.int64),
+    )
+    D, I = merge_neighbors(
+        [part_a, part_b], 2, rescorer(q, lambda ids: np.stack([vecs[int(i)] for i in ids]))
+    )
+    assert I.tolist() == [[10, 12]]
+    assert D[0].tolist() == [np.float32(exact[10]), np.float32(exact[12])]
 
 
 # -------------------------------------------------------------------------------------------- atomic

@@ -209,7 +209,8 @@ def test_retrieve_end_to_end_equals_brute_force(tmp_path, capsys):
     assert code == 0, err
     t2 = pq.read_table(r.out / RETRIEVED_FILE).to_pylist()
     assert {(row["strategy"], row["mode"]) for row in t2} == {("maxent", "all")}
-    train = set(r.train_ids.tolist())
+    ids, is_test = r.store.read_split()
+    train = set(ids[~is_test].tolist())
     assert all(row["id"] in train for row in t2)
     flagged = [row for row in t2 if row["labeled"]]
     assert flagged, "a maxent-all model ranks some of its labeled positives in its top 40"
