@@ -14,8 +14,9 @@ everything else):
    bytes per row), i.e. far less than one embedding row (``4 d`` bytes) per added row.
 
 3. **Ray driver vs N** (``--driver-rows``, off by default): a SEALS run whose 2 flat shards are served by Ray
-   actors (separate processes); the driver's own peak RSS, which holds id lists (8 bytes per row) but no
-   vector, no test split and no (units x N) score matrix: test AP is counted on the shards (evaluate.py).
+   actors (separate processes); the driver's own peak RSS. It holds no vector, no (units x N) score matrix
+   (test AP is counted on the shards: evaluate.py) and no id list of the split (the shards answer for their
+   own rows: split.py). Target: flat in N.
 
 Prints a table and writes JSON (``--out``, default ``benchmarks/out/memory.json``). Stores and indexes are
 generated once under ``--work`` (default ``benchmarks/out/memory_data``) and reused; ``--clean`` deletes them
@@ -161,8 +162,8 @@ def child_run(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_driver(p: dict[str, Any]) -> dict[str, Any]:
-    """The driver process of a Ray run (shard actors hold the vectors in their own processes): its peak RSS
-    should not grow with N beyond id-sized arrays (the train/test id lists)."""
+    """The driver process of a Ray run (shard actors hold the vectors and the split in their own processes):
+    its peak RSS should not grow with N."""
     import numpy as np
 
     from seals_gpu.config import RunConfig
@@ -190,9 +191,8 @@ def child_driver(p: dict[str, Any]) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     with PeakSampler() as sampler:
-        ids, is_test = store.read_split()
-        with ray_session(None), RayBackend(p["index"], excluded=np.sort(ids[is_test]), device=dev) as backend:
-            del ids, is_test
+        # each shard actor reads its own test rows from the store (as `seals-gpu run --ray` does)
+        with ray_session(None), RayBackend(p["index"], excluded=store.path, device=dev) as backend:
             r = Run(cfg, out, store=store, backend=backend, device=dev, progress=False, log=lambda *_: None)
             r.start()
     return _child_result(

@@ -8,10 +8,11 @@ Ray cluster (``seals_gpu.distributed.RayBackend``) look the same to it:
 - ``score_pool(ids, offsets, model, kind, ref, beta, b) -> TopB``   SEALS: score each unit's candidates
 - ``score_all(exclude, model, kind, ref, beta, b) -> TopB``         All: stream every candidate id
 - ``sum_vectors(ids) -> float64 (d,)`` and ``candidate_sum() -> (float64 (d,), count)``
-- ``logits(ids, model) -> float32 (n, U)``      model outputs for the test split
+- ``group_logits(groups, W, b)`` and ``test_counts(W, b, thresholds, groups)``   test AP (evaluate.py)
+- ``split -> Split``                              the train/test split: sizes, membership, ids by rank
 
-Only ids, scores and small weight matrices cross this interface; vectors stay in the backend except
-for labeled sets and test rows, which the driver needs to fit and evaluate.
+Only ids, scores, counts and small weight matrices cross this interface; vectors stay in the backend except
+for the labeled sets, which the driver needs to fit.
 """
 
 from __future__ import annotations
