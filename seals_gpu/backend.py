@@ -7,6 +7,7 @@ Ray cluster (``seals_gpu.distributed.RayBackend``) look the same to it:
 - ``vectors(ids) -> float32 (n, d)``            exact vectors (labeled sets, small batches only)
 - ``score_pool(ids, offsets, model, kind, ref, beta, b) -> TopB``   SEALS: score each unit's candidates
 - ``score_all(exclude, model, kind, ref, beta, b) -> TopB``         All: stream every candidate id
+- ``random_all(exclude, keys, seed, round, b) -> TopB``             All-mode Random, on the shards
 - ``sum_vectors(ids) -> float64 (d,)`` and ``candidate_sum() -> (float64 (d,), count)``
 - ``group_logits(groups, W, b)`` and ``test_counts(W, b, thresholds, groups)``   test AP (evaluate.py)
 - ``split -> Split``                              the train/test split: sizes, membership, ids by rank
@@ -27,7 +28,7 @@ from .errors import IndexError_
 from .evaluate import Group, count_blocks, group_logits
 from .index.build import LocalIndex
 from .pool import isin_sorted
-from .scoring import TopB, merge_topb, score_all, score_select
+from .scoring import TopB, merge_topb, random_topb, score_all, score_select
 from .split import ShardSplit, Split
 
 
@@ -379,6 +380,17 @@ class LocalBackend:
                 yield torch.from_numpy(ids).to(dev), torch.from_numpy(x).to(dev)
 
         return score_all(blocks(), W, bias, kind, ref, beta, b, exclude=exclude, device=dev)
+
+    def random_all(
+        self, exclude: list[np.ndarray], keys: list[int], seed: int, round_no: int, b: int
+    ) -> TopB:
+        """All-mode Random: per unit, the ``b`` train rows not in its ``exclude`` with the highest random
+        scores (see :func:`~seals_gpu.scoring.random_topb`), shard by shard, merged."""
+        result = TopB.empty(len(keys), int(b))
+        for s in range(len(self.index.shards)):
+            top = random_topb(self.split_part(s).side_ids(False), exclude, keys, seed, round_no, b)
+            result = top if s == 0 else merge_topb(result, top, b)
+        return result
 
     # ------------------------------------------------------------------ test AP (see evaluate.py)
     def _test_blocks(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:

@@ -534,6 +534,12 @@ class ShardServer:
         top = self.backend.score_all(exclude, W, bias, kind, ref, beta, b)
         return top.numpy()
 
+    def random_all(
+        self, exclude: list[np.ndarray], keys: list[int], seed: int, round_no: int, b: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All-mode Random over this shard's train rows (see :meth:`LocalBackend.random_all`)."""
+        return self.backend.random_all(exclude, keys, seed, round_no, b).numpy()
+
     def group_logits(self, groups: list[Group], W: Any, bias: Any) -> list[np.ndarray]:
         """Test AP's pass 1 for the ids of each group that this shard owns (see :mod:`seals_gpu.evaluate`)."""
         W, bias, _, _ = _units(W, bias, None, None)
@@ -600,6 +606,9 @@ class ShardActor:
 
     def score_all(self, exclude, W, bias, kind, ref, beta, b):
         return self.server.score_all(exclude, W, bias, kind, ref, beta, b)
+
+    def random_all(self, exclude, keys, seed, round_no, b):
+        return self.server.random_all(exclude, keys, seed, round_no, b)
 
     def group_logits(self, groups, W, bias):
         return self.server.group_logits(groups, W, bias)
@@ -1163,11 +1172,7 @@ class RayBackend:
         ray = _import_ray()
         units = tuple(_host(t) for t in (W, bias, kind, ref))
         exclude = [np.asarray(e, dtype=np.int64) for e in exclude]
-        # each shard gets only the excluded ids in its id range
-        per_shard = [
-            [e[(e >= self.index.id_min[s]) & (e <= self.index.id_max[s])] for e in exclude]
-            for s in range(self.index.n_shards)
-        ]
+        per_shard = self._exclude_by_shard(exclude)  # each shard gets only the excluded ids in its id range
 
         def submit() -> list[Any]:
             unit_refs = [ray.put(t) for t in units]
@@ -1176,6 +1181,24 @@ class RayBackend:
             ]
 
         return _merge_parts(self.index.call(submit), int(W.shape[0]), b)
+
+    def _exclude_by_shard(self, exclude: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """Each shard's part of every unit's sorted excluded ids: those in the shard's id range."""
+        return [
+            [e[(e >= self.index.id_min[s]) & (e <= self.index.id_max[s])] for e in exclude]
+            for s in range(self.index.n_shards)
+        ]
+
+    def random_all(
+        self, exclude: list[np.ndarray], keys: list[int], seed: int, round_no: int, b: int
+    ) -> TopB:
+        """All-mode Random: every actor draws over its own train rows; the per-shard top-b are merged here
+        (no list of the train split in the driver)."""
+        exclude = [np.asarray(e, dtype=np.int64) for e in exclude]
+        per_shard = self._exclude_by_shard(exclude)
+        args = {s: (per_shard[s], list(keys), seed, round_no, b) for s in range(self.index.n_shards)}
+        res = self.index.each("random_all", args)
+        return _merge_parts([res[s] for s in sorted(res)], len(keys), b)
 
     def _groups_by_shard(self, groups: list[Group]) -> dict[int, list[Group]]:
         """Each shard's part of every group: the group's units and the ids in the shard's id range."""

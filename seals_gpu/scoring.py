@@ -429,6 +429,32 @@ def _select_segments(scores: torch.Tensor, ids: torch.Tensor, off: torch.Tensor,
     return TopB(sel_ids, torch.where(valid, sel_sc, torch.full_like(sel_sc, _NEG_INF)), counts)
 
 
+def random_topb(
+    ids: np.ndarray, exclude: Sequence[np.ndarray], keys: Sequence[int], seed: int, round_no: int, b: int
+) -> TopB:
+    """All-mode Random over one block of candidates: per unit, the ``b`` of ``ids`` not in its ``exclude``
+    (sorted) with the highest :func:`~seals_gpu.strategies.random_scores` ``(id, seed, key, round_no)``, as a
+    float64 :class:`TopB` (score desc, id asc). Over disjoint blocks, :func:`merge_topb` of the parts is the
+    top-b of their union (the scores are exact float64), so shards select what one list would."""
+    from .pool import isin_sorted
+    from .strategies import random_scores
+
+    b = _check_b(b)
+    ids = np.asarray(ids, dtype=np.int64)
+    U = len(keys)
+    out = TopB(
+        torch.full((U, b), -1, dtype=torch.int64),
+        torch.full((U, b), _NEG_INF, dtype=torch.float64),
+        torch.zeros(U, dtype=torch.int64),
+    )
+    for j, (ex, key) in enumerate(zip(exclude, keys, strict=True)):
+        cand = ids[~isin_sorted(ids, np.asarray(ex, dtype=np.int64))] if len(ex) else ids
+        sc = random_scores(cand, seed, int(key), round_no)
+        top = _select_segments(sc, torch.from_numpy(cand), torch.tensor([0, cand.size]), b)
+        out.ids[j], out.scores[j], out.counts[j] = top.ids[0], top.scores[0], top.counts[0]
+    return out
+
+
 def _padded_topb(P: torch.Tensor, I: torch.Tensor, counts: torch.Tensor, k: int) -> TopB:
     """Top-k of each row of ``P`` (U, L) by (score desc, id asc), where row u's ids ``I[u]`` ascend along
     the row (padding: -inf scores at the end). ``counts`` = valid entries kept per row."""

@@ -104,6 +104,12 @@ class Selection:
                     top = self.backend.score_all(exclude, Wg, bg, kind, ref, cfg.beta, b)
                 for j, u in enumerate(units):
                     chosen[u.index] = _valid(top, j)
+            elif strategy == "random" and mode == "all":  # drawn on the shards: no train list here
+                exclude = [np.sort(u.labeled_ids) for u in units]
+                keys = [unit_key(u) for u in units]
+                top = self.backend.random_all(exclude, keys, cfg.seed, self.round + 1, b)
+                for j, u in enumerate(units):
+                    chosen[u.index] = _valid(top, j)
             else:
                 for j, u in enumerate(units):
                     chosen[u.index] = self._select_torch(u, Wg[j], bg[j], b)

@@ -206,3 +206,34 @@ def test_ray_run_reads_no_split_in_the_driver(ray_local, tmp_path, monkeypatch):
         )
         got = run("ray", backend=be)
     assert got == want
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_all_on_shards_equals_one_sorted_list(seed):
+    """All-mode Random drawn shard by shard (each shard's train rows, merged) picks what scoring the whole
+    train list at once picks: the b best random scores (ties by lower id), labeled ids never."""
+    import torch
+
+    from seals_gpu.scoring import TopB, merge_topb, random_topb
+    from seals_gpu.strategies import random_scores
+
+    rng = np.random.default_rng(seed)
+    ids, is_test = _random_split(rng, 3000)
+    split = _sharded(ids, is_test, 5, rng)
+    train = ids[~is_test]
+    keys = [int(k) for k in rng.integers(0, 2**32, size=4)]
+    exclude = [np.sort(rng.choice(train, size=int(rng.integers(0, 300)), replace=False)) for _ in keys]
+    exclude[0] = np.empty(0, np.int64)
+    b = int(rng.integers(1, 120))
+    merged = TopB.empty(len(keys), b)
+    for s in range(split.counts.shape[0]):
+        part = split._call("side_ids", {s: (False,)})[s]
+        top = random_topb(part, exclude, keys, 7, 3, b)
+        merged = top if s == 0 else merge_topb(merged, top, b)
+    for j, key in enumerate(keys):
+        cand = train[~np.isin(train, exclude[j])]
+        sc = random_scores(cand, 7, key, 3).numpy()
+        want = cand[np.lexsort((cand, -sc))][:b]
+        n = int(merged.counts[j])
+        np.testing.assert_array_equal(merged.ids[j, :n].numpy(), want)
+        assert merged.scores.dtype == torch.float64
