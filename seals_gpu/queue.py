@@ -138,7 +138,7 @@ def queue_table(asked: Asked, store: Store | None) -> pa.Table:
 
 def _passthrough(store: Store | None, ids: np.ndarray) -> dict[str, pa.Array]:
     """The store's other columns (text, uri, ...) for ``ids``, in that order (one streaming pass over the
-    store's files, reading only ``id`` and those columns)."""
+    store's row groups that may hold them, by their id statistics, reading only ``id`` and those columns)."""
     if store is None:
         return {}
     names = [n for n in store.schema.names if n not in STORE_ONLY]
@@ -146,8 +146,11 @@ def _passthrough(store: Store | None, ids: np.ndarray) -> dict[str, pa.Array]:
         return {}
     want = np.unique(ids)
     found: list[pa.Table] = []
-    for f in store.files:
-        for rb in pq.ParquetFile(f, pre_buffer=False).iter_batches(columns=["id", *names]):
+    for fi, f in enumerate(store.files):
+        groups = store.row_groups_with(fi, want)  # row groups whose id statistics cannot hold one: skipped
+        if not groups:
+            continue
+        for rb in pq.ParquetFile(f, pre_buffer=False).iter_batches(columns=["id", *names], row_groups=groups):
             batch_ids = np.asarray(rb.column("id").to_numpy(zero_copy_only=False), dtype=np.int64)
             hit = isin_sorted(batch_ids, want)
             if hit.any():

@@ -421,19 +421,35 @@ class Store:
             pos += b.ids.size
         return ids, test
 
+    def id_ranges(self, file: int) -> list[tuple[int, int]]:
+        """``(min id, max id)`` of each row group of file number ``file``, from the Parquet statistics (the
+        whole int64 range where a row group has none): which row groups may hold an id, without reading."""
+        meta = self._meta[file]
+        col = meta.schema.to_arrow_schema().get_field_index("id")
+        lo, hi = -(2**63), 2**63 - 1
+        out = []
+        for g in range(meta.num_row_groups):
+            st = meta.row_group(g).column(col).statistics
+            ok = st is not None and st.has_min_max
+            out.append((int(st.min), int(st.max)) if ok else (lo, hi))
+        return out
+
+    def row_groups_with(self, file: int, ids: np.ndarray) -> list[int]:
+        """Row groups of file number ``file`` whose id range holds at least one of the sorted ``ids``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return [
+            g
+            for g, (a, z) in enumerate(self.id_ranges(file))
+            if np.searchsorted(ids, z, side="right") > np.searchsorted(ids, a, side="left")
+        ]
+
     def test_ids_between(self, lo: int, hi: int, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> np.ndarray:
         """Sorted ids of the test split within ``[lo, hi]``: what one shard of an index needs to know of the
         split. Row groups whose id statistics fall outside the range are skipped, so a store written in id
         order is read only around the range; memory is one batch plus the ids returned."""
         out: list[np.ndarray] = []
-        for f, meta in zip(self.files, self._meta, strict=True):
-            col = meta.schema.to_arrow_schema().get_field_index("id")
-            groups = []
-            for g in range(meta.num_row_groups):
-                st = meta.row_group(g).column(col).statistics
-                if st is not None and st.has_min_max and (st.max < lo or st.min > hi):
-                    continue
-                groups.append(g)
+        for fi, f in enumerate(self.files):
+            groups = [g for g, (a, z) in enumerate(self.id_ranges(fi)) if not (z < lo or a > hi)]
             if not groups:
                 continue
             cols = ["id", "split"] if self.has_split else ["id"]

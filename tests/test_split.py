@@ -237,3 +237,39 @@ def test_random_all_on_shards_equals_one_sorted_list(seed):
         n = int(merged.counts[j])
         np.testing.assert_array_equal(merged.ids[j, :n].numpy(), want)
         assert merged.scores.dtype == torch.float64
+
+
+def test_row_groups_with_keeps_every_row_group_holding_an_id(split_store, tmp_path):
+    """Skipping row groups by their id statistics never skips one that holds a wanted id (shuffled store:
+    ranges overlap), and on a store written in id order it keeps exactly the row groups holding them; the
+    queue's pass-through columns read that way equal a full read."""
+    import pyarrow.parquet as pq
+
+    from seals_gpu.queue import _passthrough
+
+    rng = np.random.default_rng(3)
+    for store in (
+        split_store,
+        write_store(
+            tmp_path / "sorted",
+            np.arange(0, 9000, 3),
+            np.ones((3000, 4)),
+            extra={"text": [f"t{i}" for i in range(3000)]},
+            rows_per_file=500,
+        ),
+    ):
+        all_ids = store.read_ids()
+        want = np.sort(rng.choice(all_ids, size=7, replace=False))
+        for fi, f in enumerate(store.files):
+            kept = set(store.row_groups_with(fi, want))
+            pf = pq.ParquetFile(f)
+            holding = {
+                g
+                for g in range(pf.num_row_groups)
+                if np.isin(pf.read_row_group(g, columns=["id"]).column("id").to_numpy(), want).any()
+            }
+            assert holding <= kept
+            if store is not split_store:
+                assert kept == holding
+    got = _passthrough(store, want[::-1])
+    assert got["text"].to_pylist() == [f"t{i // 3}" for i in want[::-1]]
