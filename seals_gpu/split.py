@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 ABSENT, TRAIN, TEST = 0, 1, 2
+CODES_CHUNK = 1 << 18  # ids per routed call of Split.codes
 
 # call(method, {shard: args}) -> {shard: result}: runs a ShardSplit method on the shards named
 ShardCall = Callable[[str, dict[int, tuple[Any, ...]]], dict[int, Any]]
@@ -167,15 +168,18 @@ class Split:
         )
 
     def codes(self, ids: np.ndarray) -> np.ndarray:
-        """int8 code per id (ABSENT, TRAIN, TEST), one call to each shard that owns some of them."""
+        """int8 code per id (ABSENT, TRAIN, TEST), one call to each shard that owns some of them per chunk of
+        :data:`CODES_CHUNK` ids (the routing's temporaries stay bounded however many ids are asked)."""
         ids = np.asarray(ids, dtype=np.int64)
         flat = ids.ravel()
         out = np.zeros(flat.size, dtype=np.int8)
-        owner = self._owner(flat)
-        at = {s: np.flatnonzero(owner == s) for s in np.unique(owner).tolist() if s < self.id_max.size}
-        res = self._call("codes", {s: (flat[pos],) for s, pos in at.items()})
-        for s, pos in at.items():
-            out[pos] = res[s]
+        for c in range(0, flat.size, CODES_CHUNK):
+            part = flat[c : c + CODES_CHUNK]
+            owner = self._owner(part)
+            at = {s: np.flatnonzero(owner == s) for s in np.unique(owner).tolist() if s < self.id_max.size}
+            res = self._call("codes", {s: (part[pos],) for s, pos in at.items()})
+            for s, pos in at.items():
+                out[c + pos] = res[s]
         return out.reshape(ids.shape)
 
     def take(self, test: bool, ranks: np.ndarray) -> np.ndarray:

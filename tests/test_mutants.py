@@ -19,7 +19,7 @@ import torch
 
 from seals_gpu.atomic import _HOST, check_writable, leftovers, save_npy, write_json
 from seals_gpu.errors import ConfigError, SealsError
-from seals_gpu.index.merge import TIE_EPS, merge_neighbors, rescorer
+from seals_gpu.index.merge import TIE_EPS, merge_neighbors, rescorer, sort_neighbors
 from seals_gpu.metrics import average_precision, average_precision_many, recall
 from seals_gpu.strategies import (
     STRATEGIES,
@@ -341,6 +341,36 @@ def test_merge_neighbors_rescores_a_near_tie_in_a_row_that_also_has_missing_slot
     )
     assert I.tolist() == [[10, 12]]
     assert D[0].tolist() == [np.float32(exact[10]), np.float32(exact[12])]
+
+
+def test_sort_neighbors_keeps_each_id_once_in_every_row_and_pads_missing_slots():
+    """Every row keeps one entry per id (its best), whichever id repeats (not only the smallest) and in any
+    row (not only the first), also in a row of one id repeated and in two-column input; the rest is
+    padded with D = -inf, I = -1 up to k; D comes back as float32 and I as int64
+    (index.merge.x_sort_neighbors__mutmut_63, _70, _72, _73, _80-84, _145, _148, _157, _158, _174, _175)."""
+    D = np.array([[0.9, 0.8, 0.7, 0.6], [0.2, 0.9, 0.4, 0.3], [0.1, 0.5, 0.3, 0.2]], np.float32)
+    I = np.array([[1, 2, 3, 4], [3, 9, 9, 8], [6, 6, 6, 6]], np.int64)
+    Ds, Is = sort_neighbors(D, I, 5)
+    assert Ds.dtype == np.float32 and Is.dtype == np.int64
+    assert Is.tolist() == [[1, 2, 3, 4, -1], [9, 8, 3, -1, -1], [6, -1, -1, -1, -1]]
+    f = np.float32
+    assert Ds.tolist() == [
+        [f(0.9), f(0.8), f(0.7), f(0.6), -np.inf],
+        [f(0.9), f(0.3), f(0.2), -np.inf, -np.inf],
+        [f(0.5), -np.inf, -np.inf, -np.inf, -np.inf],
+    ]
+    Ds, Is = sort_neighbors(np.array([[0.4, 0.6], [0.5, -np.inf]]), np.array([[7, 7], [2, 5]]), 2)
+    assert Is.tolist() == [[7, -1], [2, -1]] and Ds.tolist() == [[f(0.6), -np.inf], [f(0.5), -np.inf]]
+
+
+def test_sort_neighbors_orders_by_the_float32_similarity_it_returns_then_by_id():
+    """Similarities given in float64 are ranked as the float32 values returned: two that round to the same
+    float32 are a tie, broken by the lower id, so the output is ordered as documented
+    (index.merge.x_sort_neighbors__mutmut_3, _5)."""
+    D = np.array([[0.5, 0.5 + 1e-12, 0.25]], np.float64)
+    Ds, Is = sort_neighbors(D, np.array([[3, 7, 1]]), 3)
+    assert Is.tolist() == [[3, 7, 1]]
+    assert Ds[0, 0] == Ds[0, 1] == np.float32(0.5)
 
 
 # -------------------------------------------------------------------------------------------- atomic
