@@ -19,6 +19,12 @@ class Oracle(Protocol):
         ...
 
 
+def _sorted(p: np.ndarray) -> np.ndarray:
+    """``p`` as sorted int64: the same array when it already is (a run's positives are not copied)."""
+    p = np.asarray(p, dtype=np.int64)
+    return p if p.size < 2 or bool((p[1:] >= p[:-1]).all()) else np.sort(p)
+
+
 class SimulatedOracle:
     """Answers from the store's ``labels`` column (the ground truth of a benchmark).
 
@@ -29,7 +35,7 @@ class SimulatedOracle:
     """
 
     def __init__(self, positives: dict[Any, np.ndarray]):
-        self.positives = {c: np.sort(np.asarray(p, dtype=np.int64)) for c, p in positives.items()}
+        self.positives = {c: _sorted(p) for c, p in positives.items()}
 
     @classmethod
     def from_store(cls, store: Store, concepts: Iterable[Any]) -> SimulatedOracle:

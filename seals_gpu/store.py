@@ -547,13 +547,14 @@ class Store:
             return {}
         value_set = pa.array(want, type=pa.int64() if self.label_kind == "int" else pa.string())
         for ids, flat, parents, _ in self._flat_labels():
-            mask = np.asarray(pc.is_in(flat, value_set=value_set).fill_null(False), dtype=bool)
-            if not mask.any():
+            # index of each label value in the wanted list (-1: another concept): no Python object per value
+            which = np.asarray(pc.index_in(flat, value_set=value_set).fill_null(-1), dtype=np.int64)
+            hit = np.flatnonzero(which >= 0)
+            if not hit.size:
                 continue
-            vals = np.asarray(flat.filter(pa.array(mask)).to_pylist(), dtype=object)
-            rows = parents[mask]
-            for c in set(vals.tolist()):
-                pos[c].append(ids[rows[vals == c]])
+            which, rows = which[hit], parents[hit]
+            for j in np.unique(which).tolist():
+                pos[want[j]].append(ids[rows[which == j]])
         return {c: np.unique(np.concatenate(v)) if v else np.empty(0, dtype=np.int64) for c, v in pos.items()}
 
     def concept_names(self) -> dict[Any, str]:
