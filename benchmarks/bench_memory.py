@@ -202,6 +202,7 @@ def child_driver(p: dict[str, Any]) -> dict[str, Any]:
         rounds=r.round,
         index_mapped=0,
         test_ap=float(np.nanmean([m["test_ap"] for m in r.metrics if m["round"] == r.round])),
+        positives=int(sum(v.size for v in r.positives.values())),  # ground truth the driver holds
     )
 
 
