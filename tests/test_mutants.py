@@ -347,18 +347,18 @@ def test_sort_neighbors_keeps_each_id_once_in_every_row_and_pads_missing_slots()
     """Every row keeps one entry per id (its best), whichever id repeats (not only the smallest) and in any
     row (not only the first), also in a row of one id repeated and in two-column input; the rest is
     padded with D = -inf, I = -1 up to k; D comes back as float32 and I as int64
-    (index.merge.x_sort_neighbors__mutmut_63, _70, _72, _73, _80-84, _145, _148, _157, _158, _174, _175)."""
-    D = np.array([[0.9, 0.8, 0.7, 0.6], [0.2, 0.9, 0.4, 0.3], [0.1, 0.5, 0.3, 0.2]], np.float32)
-    I = np.array([[1, 2, 3, 4], [3, 9, 9, 8], [6, 6, 6, 6]], np.int64)
-    Ds, Is = sort_neighbors(D, I, 5)
-    assert Ds.dtype == np.float32 and Is.dtype == np.int64
-    assert Is.tolist() == [[1, 2, 3, 4, -1], [9, 8, 3, -1, -1], [6, -1, -1, -1, -1]]
+    (index.merge.x_sort_neighbors__mutmut_63, _70-73, _80-84, _145, _148, _157, _158, _174, _175)."""
     f = np.float32
+    D = np.array([[0.9, 0.8, 0.7, 0.6], [0.2, 0.9, 0.4, 0.3]], np.float32)
+    Ds, Is = sort_neighbors(D, np.array([[1, 2, 3, 4], [3, 9, 9, 8]]), 5)
+    assert Ds.dtype == np.float32 and Is.dtype == np.int64
+    assert Is.tolist() == [[1, 2, 3, 4, -1], [9, 8, 3, -1, -1]]
     assert Ds.tolist() == [
         [f(0.9), f(0.8), f(0.7), f(0.6), -np.inf],
         [f(0.9), f(0.3), f(0.2), -np.inf, -np.inf],
-        [f(0.5), -np.inf, -np.inf, -np.inf, -np.inf],
     ]
+    Ds, Is = sort_neighbors(np.array([[0.1, 0.5, 0.3, 0.2]], np.float32), np.array([[6, 6, 6, 6]]), 3)
+    assert Is.tolist() == [[6, -1, -1]] and Ds.tolist() == [[f(0.5), -np.inf, -np.inf]]
     Ds, Is = sort_neighbors(np.array([[0.4, 0.6], [0.5, -np.inf]]), np.array([[7, 7], [2, 5]]), 2)
     assert Is.tolist() == [[7, -1], [2, -1]] and Ds.tolist() == [[f(0.6), -np.inf], [f(0.5), -np.inf]]
 
