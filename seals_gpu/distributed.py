@@ -25,9 +25,14 @@ On a real cluster the index folder must be on a filesystem every node sees (NFS,
 bucket), at the same path, and ``seals_gpu`` must be importable on every node (same environment, or a
 Ray ``runtime_env``).
 
+The train/test split stays with the shards too: ``RayBackend(index, excluded=store.path)`` has every actor
+read its own rows' split from the store, and ``backend.split`` (:mod:`seals_gpu.split`) answers the
+driver's questions (sizes, membership, train ids by rank) without a list of ids in the driver.
+
 Example:
     >>> with ray_session(None):                                             # doctest: +SKIP
-    ...     backend = RayBackend("idx", excluded=test_ids, device=resolve_device("cpu"))
+    ...     backend = RayBackend("idx", excluded="data/store", device=resolve_device("cpu"))
+    ...     backend.split.train.size, backend.split.test.contains(ids)
     ...     D, I = backend.search(backend.vectors(ids), 100, exclude_ids=ids)
     ...     backend.close()
 """
