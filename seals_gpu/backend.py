@@ -41,7 +41,9 @@ def sub_csr(ids: np.ndarray, offsets: np.ndarray, mask: np.ndarray) -> tuple[np.
 
 # All mode reads every train row each round; up to this many bytes of them are kept filtered in memory.
 CANDIDATE_CACHE_BYTES = 1 << 30
-TEST_BLOCK_ROWS = 262_144  # test rows per block of the AP count (AP_UNITS x this many float32 logits at once)
+# test rows per block of the AP count: AP_UNITS x this many float64 logits at once (512 MiB at 256 units),
+# plus the block's float64 copy (rows x d x 8 bytes)
+TEST_BLOCK_ROWS = 262_144
 
 
 class LocalBackend:

@@ -73,7 +73,8 @@ def group_logits(
 def error_bound(d: int, x_norm: float, w_norm: float, b: float) -> float:
     """A bound on ``|float64 product - canonical|`` for one logit: ``gamma`` of ``d + 2`` roundings (the
     products' sum in any order, the intercept) of ``sum |x_i w_i| + |b| <= |x| |w| + |b|``, for the product
-    and for the canonical sum each (``2 (d + 2) u``, ``u = 2**-53``), doubled for margin."""
+    and for the canonical sum each (``2 (d + 2) u``, ``u = 2**-53``), times four for margin:
+    ``(d + 2) 2**-50``."""
     return (d + 2) * 2.0**-50 * (x_norm * w_norm + abs(b))
 
 
