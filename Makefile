@@ -55,7 +55,7 @@ bench: setup
 # names under seals_gpu), MUTANTS overrides with mutmut's own name patterns (e.g. the survivors of the last
 # run: MUTANTS="$$(.venv/bin/python benchmarks/mutation_report.py --list survived | xargs)"). Every selected mutant
 # is re-run. mutmut works on a copy in mutants/ and never edits the tree.
-MUTATE ?= metrics pool index.merge atomic evaluate strategies scoring selection store driver learner distributed index.shard
+MUTATE ?= metrics pool index.merge atomic evaluate strategies scoring selection split store driver learner distributed index.shard
 MUTATE_JOBS ?= 2
 MUTANTS ?= $(foreach m,$(MUTATE),seals_gpu.$(m).*)
 

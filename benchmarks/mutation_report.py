@@ -50,6 +50,7 @@ CORE = [
     "atomic",
     "evaluate",
     "selection",
+    "split",
 ]
 BEGIN, END = "<!-- mutation:begin -->", "<!-- mutation:end -->"
 
