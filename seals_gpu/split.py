@@ -87,9 +87,6 @@ class Side:
     def size(self) -> int:
         return int(self._split.counts[:, 1 if self._test else 0].sum())
 
-    def __len__(self) -> int:
-        return self.size
-
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """Bool per id: on this side of the split."""
         return self._split.codes(ids) == (TEST if self._test else TRAIN)
@@ -147,15 +144,6 @@ class Split:
             return {s: getattr(parts[s], method)(*a) for s, a in args_of.items()}
 
         return cls(id_min, id_max, counts, call)
-
-    @classmethod
-    def of_arrays(cls, train_ids: np.ndarray, test_ids: np.ndarray) -> Split:
-        """A one-shard split from sorted train and test id lists (tests, small tools)."""
-        train_ids = np.asarray(train_ids, dtype=np.int64)
-        test_ids = np.asarray(test_ids, dtype=np.int64)
-        ids = np.concatenate([train_ids, test_ids])
-        order = np.argsort(ids, kind="stable")
-        return cls.of_parts([ShardSplit(ids[order], (np.arange(ids.size) >= train_ids.size)[order])])
 
     def _owner(self, ids: np.ndarray) -> np.ndarray:
         """The shard whose id range holds each id; ``n_shards`` where none does (empty shards hold none)."""
@@ -242,15 +230,14 @@ def split_codes(split: Split, groups: list[np.ndarray]) -> list[np.ndarray]:
 def store_split(store: Any) -> Split:
     """The split of a store read from the store itself, for checks made before any backend exists
     (``--concepts-sample``, ``--seed-ids``): :meth:`Split.codes` is one streaming pass over the ids (and
-    ``split`` column) per call, memory one batch plus the ids asked; the sizes are one more pass, made only
-    if asked. Draws by rank and full listings need a backend's split (refused here)."""
+    ``split`` column) per call, memory one batch plus the ids asked. Sizes, draws by rank and full listings
+    need a backend's split (refused here)."""
     lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
     def counts() -> np.ndarray:
-        n_test = 0
-        for b in store.iter_batches(embeddings=False, split=True):
-            n_test += int(np.count_nonzero(b.split))
-        return np.array([[store.num_rows - n_test, n_test]], dtype=np.int64)
+        raise NotImplementedError(
+            "a store's own split answers membership only; its sizes come from a backend"
+        )
 
     def codes(ids: np.ndarray) -> np.ndarray:
         q, inv = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
