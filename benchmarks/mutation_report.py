@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         help="markdown file whose mutation section to rewrite",
     )
     p.add_argument(
-        "--list", choices=["survived", "not-checked"], help="only print mutant names, one per line"
+        "--list", choices=["survived", "not-checked", "no-tests"], help="only print mutant names, one per line"
     )
     a = p.parse_args(argv)
     modules = a.modules or CORE
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)  # mutmut's diff helpers read mutants/ and the sources relative to the project root
     if a.list:
         results = load_results(a.mutants)
-        want = "survived" if a.list == "survived" else "not checked"
+        want = {"survived": "survived", "not-checked": "not checked", "no-tests": "no tests"}[a.list]
         for module in modules:
             for name, code in results.get(module, {}).items():
                 if status_of(code) == want:
