@@ -268,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         help="markdown file whose mutation section to rewrite",
     )
     p.add_argument(
-        "--list", choices=["survived", "not-checked", "no-tests"], help="only print mutant names, one per line"
+        "--list",
+        choices=["survived", "not-checked", "no-tests"],
+        help="only print mutant names, one per line",
     )
     a = p.parse_args(argv)
     modules = a.modules or CORE
