@@ -144,12 +144,13 @@ class LocalBackend:
 
     def _train_mask(self, s: int) -> np.ndarray:
         """Which rows of shard ``s`` are train rows (everything but ``excluded``, the test split)."""
-        return ~isin_sorted(self.index.shards[s].ids, self.excluded)
+        return ~self.split_part(s).is_test
 
     def split_part(self, s: int) -> ShardSplit:
         """Shard ``s``'s train/test rows as a :class:`ShardSplit` (made once)."""
         if s not in self._split_parts:
-            self._split_parts[s] = ShardSplit(self.index.shards[s].ids, ~self._train_mask(s))
+            ids = self.index.shards[s].ids
+            self._split_parts[s] = ShardSplit(ids, isin_sorted(ids, self.excluded))
         return self._split_parts[s]
 
     @property
@@ -170,8 +171,7 @@ class LocalBackend:
         if (s, test) in self._kept:
             return self._kept[(s, test)]
         sh = self.index.shards[s]
-        keep = self._train_mask(s)
-        keep = ~keep if test else keep
+        keep = self.split_part(s).rows(test)
         rows = (sh.ids[keep], np.ascontiguousarray(np.asarray(sh.vectors)[keep], dtype=np.float32))
         if self._keep_train_rows:
             self._kept[(s, test)] = rows
@@ -409,7 +409,7 @@ class LocalBackend:
                 for b in range(0, ids.size, TEST_BLOCK_ROWS):
                     yield ids[b : b + TEST_BLOCK_ROWS], x[b : b + TEST_BLOCK_ROWS]
                 continue
-            pos = np.flatnonzero(isin_sorted(sh.ids, self.excluded))
+            pos = self.split_part(s).rows(test=True)  # positions found once, not per round
             for b in range(0, pos.size, TEST_BLOCK_ROWS):
                 p = pos[b : b + TEST_BLOCK_ROWS]
                 x_np = np.ascontiguousarray(np.asarray(sh.vectors)[p], dtype=np.float32)

@@ -49,7 +49,7 @@ import numpy as np
 
 from .pool import isin_sorted
 from .seeds import draw_excluding
-from .split import Side
+from .split import Side, train_only_split
 
 ALPHA = 0.05  # two-sided: 95% intervals
 # the metrics.parquet columns a run with --probe B > 0 adds (float64, NaN where not applicable: All units,
@@ -96,15 +96,15 @@ def draw_probes(
     """``n`` ids drawn uniformly without replacement from the outside set (all of it when it is smaller), in
     the order drawn, and the outside set's size. Deterministic in (seed, key, round) and the unit's state.
     ``train``: the sorted train ids, or the run's :class:`~seals_gpu.split.Side` (the same draws)."""
+    if not isinstance(train, Side):
+        train = train_only_split(train).train
     excluded = np.union1d(pool_ids, labeled_ids)
-    in_train = isin_sorted(excluded, train) if isinstance(train, np.ndarray) else train.contains(excluded)
-    size = int(train.size - in_train.sum())
+    size = int(train.size - train.contains(excluded).sum())
     rng = np.random.default_rng([int(seed), int(key), int(round_no)])
     if n <= 0 or size == 0:
         return np.empty(0, np.int64), size
     if n >= size or size < 4 * n or size < train.size // 4:  # rejection would be slow: list the set
-        train_ids = train if isinstance(train, np.ndarray) else train.all()  # the pool is most of it anyway
-        out = outside_ids(train_ids, pool_ids, labeled_ids)
+        out = outside_ids(train.all(), pool_ids, labeled_ids)  # the pool is most of the split anyway
         return rng.permutation(out)[: min(n, size)].astype(np.int64), size
     return draw_excluding(rng, train, excluded, n), size
 

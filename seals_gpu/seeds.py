@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import ConfigError, SealsError
 from .pool import isin_sorted
-from .split import TEST, TRAIN, Side, Split, split_codes
+from .split import TEST, TRAIN, Side, Split, split_codes, train_only_split
 from .store import Store
 
 
@@ -174,10 +174,9 @@ def eligible_concepts(
     eligible = sorted((c for c, k in counts.items() if lo <= k / store.num_rows <= hi), key=repr)
     if eligible:
         pos = store.concept_positives(eligible)
-        if isinstance(train_ids, Split):  # one question to the split for every concept's positives
-            in_train = [code == TRAIN for code in split_codes(train_ids, [pos[c] for c in eligible])]
-        else:
-            in_train = [isin_sorted(pos[c], train_ids) for c in eligible]
+        split = train_ids if isinstance(train_ids, Split) else train_only_split(train_ids)
+        # one question to the split for every concept's positives
+        in_train = [code == TRAIN for code in split_codes(split, [pos[c] for c in eligible])]
         keep = []
         for c, mask in zip(eligible, in_train, strict=True):
             n_train = int(mask.sum())

@@ -58,7 +58,7 @@ class ShardSplit:
         out[found] = np.where(self.is_test[pos[found]], TEST, TRAIN)
         return out
 
-    def _rows(self, test: bool) -> np.ndarray:
+    def rows(self, test: bool) -> np.ndarray:
         """Row positions of the train (or test) side, computed once."""
         if test not in self._positions:
             mask = self.is_test if test else ~self.is_test
@@ -68,11 +68,11 @@ class ShardSplit:
 
     def take(self, test: bool, ranks: np.ndarray) -> np.ndarray:
         """The ids at ``ranks`` (0-based, within this shard) of its sorted train (or test) ids."""
-        return self.ids[self._rows(test)[np.asarray(ranks, dtype=np.int64)]]
+        return self.ids[self.rows(test)[np.asarray(ranks, dtype=np.int64)]]
 
     def side_ids(self, test: bool) -> np.ndarray:
         """This shard's sorted train (or test) ids."""
-        return self.ids[self._rows(test)]
+        return self.ids[self.rows(test)]
 
 
 class Side:
@@ -216,6 +216,13 @@ def shard_test_ids(store_path: str, fingerprint: str | None, ids: np.ndarray) ->
         return ids[hash_test_mask(ids)]
     test = store.test_ids_between(int(ids[0]), int(ids[-1]))
     return test[isin_sorted(test, ids)]
+
+
+def train_only_split(train_ids: np.ndarray) -> Split:
+    """A one-shard split holding only the sorted ``train_ids``: for callers that have the list (small tools,
+    benchmarks), so they ask the same questions as a run asks its backend's split."""
+    ids = np.asarray(train_ids, dtype=np.int64)
+    return Split.of_parts([ShardSplit(ids, np.zeros(ids.size, dtype=bool))])
 
 
 def split_codes(split: Split, groups: list[np.ndarray]) -> list[np.ndarray]:

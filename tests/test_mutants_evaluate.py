@@ -42,6 +42,21 @@ class _Rows:
         return evaluate.count_blocks(self.blocks(), W, bias, thresholds, groups, threads=self.threads)
 
 
+def _random_model(rng: np.random.Generator, units: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``units`` random float32 logistic models over ``d`` dimensions: ``(W (units, d), bias (units,))``."""
+    W = torch.from_numpy(rng.normal(size=(units, d)).astype(np.float32))
+    return W, torch.from_numpy(rng.normal(size=units).astype(np.float32))
+
+
+def _random_rows(
+    rng: np.random.Generator, n: int, d: int, block_rows: int
+) -> tuple[np.ndarray, np.ndarray, _Rows]:
+    """``n`` random float32 rows with shuffled ids, and a :class:`_Rows` over them."""
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    ids = rng.permutation(n).astype(np.int64)
+    return ids, x, _Rows(ids, x, block_rows=block_rows)
+
+
 def _canonical(x: np.ndarray, W: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
     """(units, rows) canonical float64 logits: the scores AP is defined on."""
     W64, b64 = W.double().numpy(), bias.double().numpy()
@@ -140,11 +155,8 @@ def test_well_separated_logits_take_the_fast_path_and_rescore_nothing(monkeypatc
     exact (evaluate.x_error_bound__mutmut_2, _7; x_count_blocks; x_Block.count__mutmut_21, _37, _38)."""
     rng = np.random.default_rng(3)
     n, d = 3000, 32
-    x = rng.normal(size=(n, d)).astype(np.float32)
-    ids = rng.permutation(n).astype(np.int64)
-    rows = _Rows(ids, x, block_rows=700)
-    W = torch.from_numpy(rng.normal(size=(3, d)).astype(np.float32))
-    bias = torch.from_numpy(rng.normal(size=3).astype(np.float32))
+    ids, x, rows = _random_rows(rng, n, d, block_rows=700)
+    W, bias = _random_model(rng, 3, d)
     groups = [(np.array([0, 2]), np.sort(ids[:50])), (np.array([1]), np.sort(ids[50:53]))]
     thresholds = evaluate.thresholds_of(groups, rows.group_logits(groups, W, bias), 3)
     calls = {"banded": 0, "canonical": 0}
@@ -179,8 +191,7 @@ def test_group_logits_handles_groups_without_units_or_ids_and_fetches_only_what_
     ids = np.arange(10, dtype=np.int64) * 5
     x = rng.normal(size=(10, 6)).astype(np.float32)
     rows = _Rows(ids, x)
-    W = torch.from_numpy(rng.normal(size=(4, 6)).astype(np.float32))
-    bias = torch.from_numpy(rng.normal(size=4).astype(np.float32))
+    W, bias = _random_model(rng, 4, 6)
     groups = [
         (np.array([0]), np.empty(0, np.int64)),
         (np.array([1, 2]), ids[[1, 4, 7]]),
@@ -246,8 +257,7 @@ def test_count_blocks_counts_every_block_whatever_its_size_into_int64_totals():
     x = rng.normal(size=(n, d)).astype(np.float32)
     ids = np.arange(n, dtype=np.int64) * 3
     rows = _Rows(ids, x)
-    W = torch.from_numpy(rng.normal(size=(2, d)).astype(np.float32))
-    bias = torch.from_numpy(rng.normal(size=2).astype(np.float32))
+    W, bias = _random_model(rng, 2, d)
     groups = [(np.array([0]), ids[[3, 17, 30]]), (np.array([1]), ids[[0, 39]])]
     thresholds = evaluate.thresholds_of(groups, rows.group_logits(groups, W, bias), 2)
     cuts = [0, 0, 1, 1, 2, 9, 9, 10, 25, 26, 40]  # sizes 0, 1, 0, 1, 7, 0, 1, 15, 1, 14
@@ -288,11 +298,8 @@ def test_count_blocks_uses_as_many_threads_as_asked_and_none_for_one(monkeypatch
     the counts are the same every way (evaluate.x_count_blocks__mutmut_33, _35, _37-41, _83, _85-90)."""
     rng = np.random.default_rng(6)
     n, d = 500, 12
-    x = rng.normal(size=(n, d)).astype(np.float32)
-    ids = rng.permutation(n).astype(np.int64)
-    rows = _Rows(ids, x, block_rows=128)
-    W = torch.from_numpy(rng.normal(size=(5, d)).astype(np.float32))
-    bias = torch.from_numpy(rng.normal(size=5).astype(np.float32))
+    ids, x, rows = _random_rows(rng, n, d, block_rows=128)
+    W, bias = _random_model(rng, 5, d)
     groups = [(np.array([0, 1, 4]), np.sort(ids[:20])), (np.array([2, 3]), np.sort(ids[20:30]))]
     thresholds = evaluate.thresholds_of(groups, rows.group_logits(groups, W, bias), 5)
     want = _brute_counts(rows, W, bias, thresholds, groups)
