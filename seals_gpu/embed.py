@@ -643,17 +643,8 @@ def embed_file(
     staged = None
     if os.path.lexists(work):
         staged = _inspect_work(work, job, overwrite)
-    embedder = None
-    if encode is None and not use_ray:
-        embedder = load_model(model, device=device, batch_size=batch_size)
-        encode = embedder.encode
-        info = embedder.info
-    elif encode is None:
-        embedder = Embedder(model, device="cpu", batch_size=batch_size)  # dimension and a load check
-        info = embedder.info
-    else:
-        d = int(np.asarray(encode(["dimension probe"])).shape[1])
-        info = ModelInfo(name, d, "l2", "custom")
+    # the input is staged (every check of its rows) before the model loads: bad input is refused in one
+    # line, at once, with nothing written, instead of after a model load and its progress output
     if staged is None:
         if os.path.lexists(work):
             shutil.rmtree(work)
@@ -667,6 +658,12 @@ def embed_file(
         write_json(work / "staged.json", {"parts": n_parts, "rows": n_rows})
     else:
         n_parts, n_rows = staged
+    try:
+        encode, info = _encoder(model, name, encode, use_ray, device, batch_size)
+    except BaseException:
+        if staged is None:
+            shutil.rmtree(work, ignore_errors=True)  # a model that does not load: leave nothing either
+        raise
     todo = [k for k in range(n_parts) if not _done(work, k)]
     if staged is not None:
         say(f"resuming the embed in {work}: {n_parts - len(todo)} of {n_parts} part(s) already embedded")
@@ -688,6 +685,24 @@ def embed_file(
     store = _finish(work, out, n_parts, text_column, info, overwrite)
     shutil.rmtree(work, ignore_errors=True)
     return store
+
+
+def _encoder(
+    model: str,
+    name: str,
+    encode: Callable[[list[str]], np.ndarray] | None,
+    use_ray: bool,
+    device: str | None,
+    batch_size: int,
+) -> tuple[Callable[[list[str]], np.ndarray] | None, ModelInfo]:
+    """The local encode function (None with Ray: the actors load the model) and what the store records."""
+    if encode is not None:
+        d = int(np.asarray(encode(["dimension probe"])).shape[1])
+        return encode, ModelInfo(name, d, "l2", "custom")
+    if use_ray:
+        return None, Embedder(model, device="cpu", batch_size=batch_size).info  # dimension and a load check
+    embedder = load_model(model, device=device, batch_size=batch_size)
+    return embedder.encode, embedder.info
 
 
 def _inspect_work(work: Path, job: dict[str, Any], overwrite: bool) -> tuple[int, int] | None:

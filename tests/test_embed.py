@@ -164,12 +164,32 @@ def _cli(args, capsys):
         (lambda t: t.drop_columns(["body"]), "no column 'body'"),
     ],
 )
-def test_bad_input_is_refused_before_anything_is_written(tmp_path, capsys, change, message):
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, change, message):
     path = _write(tmp_path, "parquet", change(_table()))
+
+    def no_load(*_a, **_k):  # the rows are checked before the model loads (no wait, no load output)
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(E, "load_model", no_load)
+    monkeypatch.setattr(E, "Embedder", no_load)
     out = tmp_path / "out"
     code, err = _cli(["store", "embed", path, out, "--text-column", "body", "--id-column", "key"], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no store, no work folder
+
+
+def test_a_model_that_fails_to_load_leaves_nothing(tmp_path, capsys, monkeypatch):
+    path = _write(tmp_path, "parquet")
+
+    def broken(*_a, **_k):
+        raise StoreError("model 'x' could not be loaded (truncated weights); pass a complete model folder")
+
+    monkeypatch.setattr(E, "load_model", broken)
+    code, err = _cli(
+        ["store", "embed", path, tmp_path / "out", "--text-column", "body", "--id-column", "key"], capsys
+    )
+    assert code == 2 and "could not be loaded" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # the staged input is removed too
 
 
 def test_cli_argument_errors(tmp_path, capsys):
