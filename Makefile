@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS ?= cpu,dist,text,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all test-gpu gpu-check gpu-wheels demo bench mutate lint format clean
+.PHONY: setup test test-shuffled test-all test-gpu gpu-check gpu-wheels demo bench mutate lint format clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q -m "not gpu and not slow" $(PYTEST_ARGS)
+
+# the suite in a shuffled order (SEED=N picks it): every test must pass whatever ran before it
+SEED ?= $(shell date +%s)
+test-shuffled: setup
+	$(PY) -m pytest -q -m "not gpu and not slow" --shuffle $(SEED) $(PYTEST_ARGS)
 
 test-all: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -267,11 +267,6 @@ def write_parquet(path: str | os.PathLike[str], table: pa.Table) -> None:
         pq.write_table(table, tmp)
 
 
-def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
-
-
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.integer):
         return int(o)

@@ -816,14 +816,6 @@ class ShardedIndex:
             )
         return lines
 
-    def refresh_placement(self) -> list[dict[str, Any]]:
-        """Re-place the shards of nodes that left (as before every call); ``[{shard, node_id, pid}]``."""
-        self._replace_lost()
-        return [
-            {"shard": s, "node_id": self.node_of[s], "pid": self.placement[s].get("pid")}
-            for s in range(self.n_shards)
-        ]
-
     def _replace_lost(self) -> None:
         """Shards whose node has left the cluster: start their actor again on a surviving node.
 

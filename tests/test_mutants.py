@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from seals_gpu.atomic import _HOST, check_writable, leftovers, save_npy, write_json
+from seals_gpu.atomic import _HOST, check_writable, leftovers, write_json
 from seals_gpu.errors import ConfigError, SealsError
 from seals_gpu.index.merge import TIE_EPS, merge_neighbors, rescorer, sort_neighbors
 from seals_gpu.metrics import average_precision, average_precision_many, recall
@@ -389,17 +389,6 @@ def test_write_json_writes_numpy_values_and_paths_as_plain_json(tmp_path):
         write_json(out, {"x": object()})
     assert json.loads(out.read_text())["b"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["o.json"]  # no temporary left behind
-
-
-def test_save_npy_round_trips_and_replaces_atomically(tmp_path):
-    """save_npy writes what np.load reads back, replacing an existing file, leaving no temporary
-    (atomic.x_save_npy__mutmut_1-11)."""
-    out = tmp_path / "a.npy"
-    save_npy(out, np.arange(5, dtype=np.int64))
-    save_npy(out, np.array([[1.5, -2.0]], dtype=np.float32))
-    got = np.load(out)
-    assert got.dtype == np.float32 and got.tolist() == [[1.5, -2.0]]
-    assert [p.name for p in tmp_path.iterdir()] == ["a.npy"]
 
 
 def test_leftovers_never_include_a_live_process_temporaries(tmp_path):
