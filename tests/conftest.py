@@ -58,6 +58,24 @@ def _mutmut_durations() -> dict[str, float]:
         return {}
 
 
+def pytest_runtest_makereport(item, call):
+    # mutmut times each test by its call phase only, so a test whose module fixture builds a store and an
+    # index looked nearly free: mutants whose tests were mostly fixture setup got time limits a fraction of
+    # what an unmutated run needs and were counted "timeout" (detected) when they survived. In mutmut's
+    # traced run (MUTANT_UNDER_TEST=stats) setup and teardown are added to the test's time as well.
+    import os
+
+    if call.when == "call" or os.environ.get("MUTANT_UNDER_TEST") != "stats":
+        return
+    try:
+        from mutmut.state import state
+    except ImportError:
+        return
+    durations = state().duration_by_test
+    if item.nodeid in durations:
+        durations[item.nodeid] += call.duration
+
+
 def pytest_collection_modifyitems(config, items):
     # mutmut's fork server runs a mutant's tests in the order of a Python set (a new order every run): the
     # fastest first instead, as its plain fork runner does, so a killed mutant dies in its quickest test and
