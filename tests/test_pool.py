@@ -140,13 +140,17 @@ def test_driver_pools_equal_their_definition(tmp_path, search):
     assert checked == list(range(cfg.n_rounds + 1))
 
 
-@pytest.mark.parametrize("strategy", ["maxent", "mlp"])
+@pytest.mark.parametrize("strategy", ["maxent", "mlp", "id", "random"])
 def test_expand_each_is_algorithm_2_as_written(tmp_path, strategy):
     """--expand each: within a round (model fixed) every pick is the best candidate, by (score desc, id asc),
     of the round's starting pool grown by the k nearest train neighbours of the picks before it, minus the
     labeled and the picked. Checked against a float64 brute force; the pools after the round still equal the
-    paper's definition, and `batch` and `each` differ."""
+    paper's definition, and `batch` and `each` differ. ID: entropy x max(similarity to the mean of the
+    round's starting candidates, 0) ** beta, beta 2 (the reference is fixed for the round, like the model);
+    Random: the draw `batch` makes in that round (the same stream, so the two differ only by pool growth)."""
+    from seals_gpu.selection import unit_key
     from seals_gpu.store import write_store
+    from seals_gpu.strategies import random_scores
 
     ids, x, labels = clustered(2000, 10, seed=9)
     store = write_store(tmp_path / "store", ids, x, labels=labels)
@@ -162,12 +166,20 @@ def test_expand_each_is_algorithm_2_as_written(tmp_path, strategy):
     nbr = {int(i): knn[j] for j, i in enumerate(sid)}
     row = {int(i): j for j, i in enumerate(sid)}
 
-    def score(w, b, cand):
-        z = xn[[row[int(c)] for c in cand]] @ w + b
-        p = 1.0 / (1.0 + np.exp(-z))
+    beta = 2.0
+
+    def score(w, b, cand, ctx):
+        cand = np.asarray(cand, dtype=np.int64)
+        if strategy == "random":
+            return random_scores(cand, ctx["seed"], ctx["key"], ctx["round"] + 1).double().numpy()
+        xc = xn[[row[int(c)] for c in cand]]
+        p = 1.0 / (1.0 + np.exp(-(xc @ w + b)))
         if strategy == "mlp":
             return p
-        return -(p * np.log(np.clip(p, 1e-300, 1)) + (1 - p) * np.log(np.clip(1 - p, 1e-300, 1)))
+        h = -(p * np.log(np.clip(p, 1e-300, 1)) + (1 - p) * np.log(np.clip(1 - p, 1e-300, 1)))
+        if strategy == "id":
+            return h * np.maximum(xc @ ctx["ref"], 0.0) ** beta
+        return h
 
     def cfg(expand):
         return RunConfig(
@@ -183,6 +195,7 @@ def test_expand_each_is_algorithm_2_as_written(tmp_path, strategy):
             seed_negatives=12,
             search="flat",
             expand=expand,
+            beta=beta,
         )
 
     checked = []
@@ -194,14 +207,21 @@ def test_expand_each_is_algorithm_2_as_written(tmp_path, strategy):
             lab = set(u.labeled_ids.tolist())
             w = self.model.W[0].double().numpy()
             b = float(self.model.b[0])
+            start = sorted(pool0 - lab)
+            ctx = {
+                "seed": self.config.seed,
+                "key": unit_key(u),
+                "round": self.round,
+                "ref": xn[[row[c] for c in start]].mean(axis=0),
+            }
             chosen, t = super()._select(b_round)
             picks = chosen[0].tolist()
             pool = set(pool0)
             for i, pk in enumerate(picks):
                 cand = np.array(sorted(pool - lab - set(picks[:i])), dtype=np.int64)
-                sc = score(w, b, cand)
+                sc = score(w, b, cand, ctx)
                 best = cand[np.lexsort((cand, -np.round(sc, 9)))][0]  # score desc, then id asc
-                assert pk == best or abs(score(w, b, [pk])[0] - sc.max()) < 1e-6, (i, pk, best)
+                assert pk == best or abs(score(w, b, [pk], ctx)[0] - sc.max()) < 1e-6, (i, pk, best)
                 pool |= set(nbr[pk].tolist())
             checked.append(len(picks))
             return chosen, t

@@ -140,8 +140,13 @@ def test_shard_reads_its_own_test_ids(split_store):
     ids, is_test = split_store.read_split()
     order = np.argsort(ids)
     ids, is_test = ids[order], is_test[order]
-    for a, b in [(0, ids.size), (100, 900), (2000, ids.size), (5, 5)]:
+    t = np.flatnonzero(is_test)
+    # shards whose first and last rows are test rows (a boundary must be kept on both sides), one test row
+    # alone, and no row at all
+    ranges = [(0, ids.size), (100, 900), (2000, ids.size), (t[3], t[40] + 1), (t[7], t[7] + 1), (5, 5)]
+    for a, b in ranges:
         got = shard_test_ids(str(split_store.path), split_store.fingerprint, ids[a:b])
+        assert got.dtype == np.int64
         np.testing.assert_array_equal(got, ids[a:b][is_test[a:b]])
     with pytest.raises(IndexError_, match="rebuild the index"):
         shard_test_ids(str(split_store.path), "0" * 32, ids[:10])
