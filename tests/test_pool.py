@@ -237,6 +237,22 @@ def test_expand_each_is_algorithm_2_as_written(tmp_path, strategy):
     assert a[:15] == c[:15] and a != c  # same seed set, then the two forms part
 
 
+def test_expand_each_from_an_empty_pool_picks_no_ids_as_int64():
+    """A unit whose pool is exhausted picks nothing, as an int64 array (a float64 empty array would turn the
+    unit's labeled ids into floats when the round's picks are appended)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from seals_gpu.selection import Selection, Unit
+
+    run = SimpleNamespace(config=SimpleNamespace(seed=0, beta=1.0), round=3)
+    for strategy in ("maxent", "random"):
+        u = Unit(index=0, concept=0, strategy=strategy, mode="seals", n_pos_train=1)
+        got = Selection._select_each(run, u, torch.zeros(4), torch.zeros(()), None, 5)
+        assert got.dtype == np.int64 and got.shape == (0,)
+
+
 def test_expand_each_refuses_strategies_it_cannot_score(tmp_path):
     from seals_gpu.errors import ConfigError
 

@@ -74,6 +74,18 @@ def test_ranks_outside_the_side_are_refused():
     assert split.train.take(np.empty(0, np.int64)).size == 0
 
 
+def test_empty_answers_are_int64_ids():
+    """No shard, empty shards, an empty side: every listing is an empty int64 array (never float64, which
+    would turn ids into floats wherever it is concatenated)."""
+    empty = ShardSplit(np.empty(0, np.int64), np.empty(0, bool))
+    only_test = ShardSplit(np.array([3, 4]), np.array([True, True]))
+    for parts in ([], [empty], [empty, only_test, empty]):
+        split = Split.of_parts(parts)
+        got = split.train.all()
+        assert got.dtype == np.int64 and got.shape == (0,), (len(parts), got)
+    np.testing.assert_array_equal(Split.of_parts([empty, only_test]).test.all(), [3, 4])
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_draws_through_the_split_equal_draws_from_the_list(seed):
     """A run's random draws (seed negatives, probes, All-mode random) give the same ids whether the driver
