@@ -253,6 +253,42 @@ def test_expand_each_from_an_empty_pool_picks_no_ids_as_int64():
         assert got.dtype == np.int64 and got.shape == (0,)
 
 
+def test_one_or_no_candidate_left_in_a_unit_scored_in_the_driver():
+    """random / id-knn / id-pairwise are scored in the driver: a pool of one candidate picks it, an empty
+    pool picks nothing (an int64 array)."""
+    import torch
+
+    from seals_gpu.selection import Selection, Unit
+
+    class Bare(Selection):
+        def __init__(self) -> None:
+            self.config = RunConfig(store="s", store_fingerprint="f", concepts=(0,), strategies=("random",))
+            self.round = 2
+
+    for pool, want in (([-(2**62)], [-(2**62)]), ([], [])):
+        u = Unit(index=0, concept=0, strategy="random", mode="seals", n_pos_train=1)
+        u.pool = CandidatePool(np.asarray(pool, dtype=np.int64))
+        got = Bare()._select_torch(u, torch.zeros(4), torch.zeros(()), 5)
+        assert got.dtype == np.int64 and got.tolist() == want
+
+
+def test_units_draw_random_streams_of_their_own():
+    """Random's stream is keyed by (concept, strategy, mode): distinct units get distinct keys (and so
+    unrelated draws), the same unit the same key in any run."""
+    from seals_gpu.selection import Unit, unit_key
+
+    units = [
+        Unit(index=i, concept=c, strategy=s, mode=m, n_pos_train=1)
+        for i, (c, s, m) in enumerate(
+            [(c, s, m) for c in (0, 1, "n01234") for s in ("random", "maxent") for m in ("seals", "all")]
+        )
+    ]
+    keys = [unit_key(u) for u in units]
+    assert len(set(keys)) == len(units)
+    again = Unit(index=99, concept=1, strategy="random", mode="all", n_pos_train=7)
+    assert unit_key(again) == keys[[(u.concept, u.strategy, u.mode) for u in units].index((1, "random", "all"))]
+
+
 def test_expand_each_refuses_strategies_it_cannot_score(tmp_path):
     from seals_gpu.errors import ConfigError
 
