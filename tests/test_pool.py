@@ -286,7 +286,9 @@ def test_units_draw_random_streams_of_their_own():
     keys = [unit_key(u) for u in units]
     assert len(set(keys)) == len(units)
     again = Unit(index=99, concept=1, strategy="random", mode="all", n_pos_train=7)
-    assert unit_key(again) == keys[[(u.concept, u.strategy, u.mode) for u in units].index((1, "random", "all"))]
+    assert (
+        unit_key(again) == keys[[(u.concept, u.strategy, u.mode) for u in units].index((1, "random", "all"))]
+    )
 
 
 def test_expand_each_refuses_strategies_it_cannot_score(tmp_path):
