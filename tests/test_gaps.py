@@ -163,6 +163,90 @@ def test_information_density_selects_the_papers_top_b_in_both_modes(spied_run):
     assert checked == 2 * 3 * 2 * spied_run.cfg.n_rounds
 
 
+def test_random_picks_the_top_b_of_its_seeded_stream_in_both_modes(spied_run):
+    """Random picks the b unlabeled candidates (its pool for SEALS, every unlabeled train row for All) with the
+    highest random_scores(id, seed, unit key, round + 1), ties to the lower id: a uniform draw without
+    replacement that depends only on the seed and the unit, never on the pool's order or what else runs."""
+    from seals_gpu.selection import unit_key
+    from seals_gpu.strategies import random_scores
+
+    data, cfg = spied_run.data, spied_run.cfg
+    train_ids = data.ids[data.train]
+    checked = 0
+    for r, rd in enumerate(spied_run.rounds):
+        for u in spied_run.run.units:
+            if u.strategy != "random":
+                continue
+            pool, labeled = rd["before"][u.index]
+            cand = np.setdiff1d(pool if u.mode == "seals" else train_ids, labeled)
+            sc = random_scores(cand, cfg.seed, unit_key(u), r + 1).double().numpy()
+            want = cand[np.lexsort((cand, -sc))][: rd["b"]]
+            np.testing.assert_array_equal(np.sort(rd["chosen"][u.index]), np.sort(want), err_msg=u.mode)
+            checked += 1
+    assert checked == 2 * 2 * cfg.n_rounds
+
+
+@pytest.mark.parametrize("strategy", ["id-knn", "id-pairwise"])
+def test_density_scored_in_the_driver_handles_missing_neighbours_and_fetches_each_row_once(strategy):
+    """id-knn / id-pairwise as the driver scores them (one unit at a time, in blocks), on their own: the top-b
+    of entropy(p) * max(density, 0) ** beta against float64, where id-knn's density is the mean similarity
+    over a candidate's valid neighbours only (some rows have missing slots, a few none: density 0), and each
+    candidate's vector is fetched once per use (blocks cover the candidates exactly)."""
+    from seals_gpu.config import RunConfig
+    from seals_gpu.pool import CandidatePool
+    from seals_gpu.selection import Selection, Unit
+
+    rng = np.random.default_rng(11)
+    n, d, k, b, beta = 300, 6, 5, 17, 2.0
+    ids = np.sort(rng.choice(2**40, size=n, replace=False)).astype(np.int64) - 2**39
+    x = rng.normal(size=(n, d)) + 0.8
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    D = np.sort(rng.uniform(-0.2, 0.9, size=(n, k)), axis=1)[:, ::-1].astype(np.float32)
+    I = rng.choice(ids, size=(n, k))
+    D[rng.random(n) < 0.3, 3:] = -np.inf  # missing slots (any int64 is an id: missing shows in D only)
+    D[:7, :] = -np.inf  # no neighbour at all: density 0
+    fetched: list[int] = []
+
+    def vectors(q: np.ndarray) -> np.ndarray:
+        fetched.append(int(np.asarray(q).size))
+        return x[np.searchsorted(ids, q)]
+
+    def neighbors(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.searchsorted(ids, q)
+        return D[rows], I[rows]
+
+    class Bare(Selection):
+        def __init__(self) -> None:
+            self.config = RunConfig(
+                store="s", store_fingerprint="f", concepts=(0,), strategies=(strategy,), beta=beta
+            )
+            self.round = 1
+            self.backend = SimpleNamespace(vectors=vectors)
+            self.neighbors = neighbors
+
+    w = torch.from_numpy(rng.normal(size=d).astype(np.float32))
+    bias = torch.tensor(0.1, dtype=torch.float32)
+    u = Unit(index=0, concept=0, strategy=strategy, mode="seals", n_pos_train=1)
+    u.pool = CandidatePool(ids.copy())
+    got = Bare()._select_torch(u, w, bias, b)
+
+    xs = x.astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(-(xs @ w.double().numpy() + 0.1)))
+    if strategy == "id-knn":
+        valid = np.isfinite(D)
+        cnt = valid.sum(axis=1)
+        dens = np.where(
+            cnt > 0, np.where(valid, D, 0.0).astype(np.float64).sum(axis=1) / np.maximum(cnt, 1), 0
+        )
+    else:
+        dens = (xs @ xs.T).mean(axis=1)
+    ref = entropy64(p) * np.maximum(dens, 0.0) ** beta
+    s_b = np.sort(ref)[::-1][b - 1]
+    assert got.dtype == np.int64 and got.size == b and np.unique(got).size == b
+    assert ref[np.searchsorted(ids, got)].min() >= s_b - 1e-6
+    assert sum(fetched) == (n if strategy == "id-knn" else 2 * n), fetched
+
+
 def test_recall_is_positives_found_over_the_train_splits_positives(spied_run):
     """metrics.parquet's recall = positives among the unit's labeled ids / the concept's positives in
     the TRAIN split, both counted here from the store's Parquet. Mutant: dividing by all positives."""
