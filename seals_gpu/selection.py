@@ -28,6 +28,8 @@ from .split import Split
 from .strategies import binary_entropy, random_scores, select_topk_segmented
 
 KERNEL_KIND = {"maxent": 0, "mlp": 1, "id": 2}
+DRIVER_BLOCK = 65_536  # candidates scored at a time by the strategies scored here (memory bound only)
+PAIRWISE_CHUNK = 16_384  # reference rows per product in id-pairwise's quadratic form (memory bound only)
 
 
 @dataclass
@@ -187,8 +189,8 @@ class Selection:
             ref = None
             if u.strategy == "id-pairwise":
                 ref = torch.from_numpy(self.backend.vectors(cand)).to(w.device)
-            for s in range(0, cand.size, 65_536):
-                block = cand[s : s + 65_536]
+            for s in range(0, cand.size, DRIVER_BLOCK):
+                block = cand[s : s + DRIVER_BLOCK]
                 x = torch.from_numpy(self.backend.vectors(block)).to(w.device)
                 p = torch.sigmoid((x @ w + b).double())
                 if u.strategy == "id-knn":  # mean similarity to the k nearest neighbours (0 without any)
@@ -199,8 +201,8 @@ class Selection:
                     dens_t = torch.from_numpy(np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0))
                 else:  # id-pairwise: the naive quadratic form the paper ran, chunked
                     dens_t = torch.zeros(x.shape[0], dtype=torch.float64, device=w.device)
-                    for r in range(0, ref.shape[0], 16_384):
-                        dens_t += (x @ ref[r : r + 16_384].T).double().sum(dim=1)
+                    for r in range(0, ref.shape[0], PAIRWISE_CHUNK):
+                        dens_t += (x @ ref[r : r + PAIRWISE_CHUNK].T).double().sum(dim=1)
                     dens_t = (dens_t / ref.shape[0]).cpu()
                 score = binary_entropy(p).cpu() * torch.clamp(dens_t, min=0.0) ** self.config.beta
                 scores_np[s : s + block.size] = score.numpy()
@@ -208,8 +210,7 @@ class Selection:
         sel, _, counts = select_topk_segmented(
             scores, torch.from_numpy(cand), torch.tensor([0, cand.size], dtype=torch.long), b_round
         )
-        sel = np.asarray(sel[0][: int(counts[0])].cpu() if torch.is_tensor(sel) else sel[0][: int(counts[0])])
-        return sel.astype(np.int64)
+        return sel[0][: int(counts[0])].cpu().numpy().astype(np.int64)
 
 
 def unit_key(u: Unit) -> int:

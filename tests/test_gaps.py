@@ -186,15 +186,24 @@ def test_random_picks_the_top_b_of_its_seeded_stream_in_both_modes(spied_run):
     assert checked == 2 * 2 * cfg.n_rounds
 
 
+@pytest.mark.parametrize("blocks", ["one block", "small blocks"])
 @pytest.mark.parametrize("strategy", ["id-knn", "id-pairwise"])
-def test_density_scored_in_the_driver_handles_missing_neighbours_and_fetches_each_row_once(strategy):
+def test_density_scored_in_the_driver_handles_missing_neighbours_and_fetches_each_row_once(
+    strategy, blocks, monkeypatch
+):
     """id-knn / id-pairwise as the driver scores them (one unit at a time, in blocks), on their own: the top-b
     of entropy(p) * max(density, 0) ** beta against float64, where id-knn's density is the mean similarity
     over a candidate's valid neighbours only (some rows have missing slots, a few none: density 0), and each
-    candidate's vector is fetched once per use (blocks cover the candidates exactly)."""
+    candidate's vector is fetched once per use (blocks cover the candidates exactly), with the blocks and
+    id-pairwise's reference chunks as large as the pool or small and uneven (the same result)."""
+    from seals_gpu import selection
     from seals_gpu.config import RunConfig
     from seals_gpu.pool import CandidatePool
     from seals_gpu.selection import Selection, Unit
+
+    if blocks == "small blocks":
+        monkeypatch.setattr(selection, "DRIVER_BLOCK", 64)
+        monkeypatch.setattr(selection, "PAIRWISE_CHUNK", 23)
 
     rng = np.random.default_rng(11)
     n, d, k, b, beta = 300, 6, 5, 17, 2.0
@@ -204,6 +213,7 @@ def test_density_scored_in_the_driver_handles_missing_neighbours_and_fetches_eac
     D = np.sort(rng.uniform(-0.2, 0.9, size=(n, k)), axis=1)[:, ::-1].astype(np.float32)
     I = rng.choice(ids, size=(n, k))
     D[rng.random(n) < 0.3, 3:] = -np.inf  # missing slots (any int64 is an id: missing shows in D only)
+    D[rng.random(n) < 0.2, 1:] = -np.inf  # one neighbour left
     D[:7, :] = -np.inf  # no neighbour at all: density 0
     fetched: list[int] = []
 
