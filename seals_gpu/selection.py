@@ -220,6 +220,5 @@ def unit_key(u: Unit) -> int:
 
 
 def _valid(top: TopB, j: int) -> np.ndarray:
-    n = int(top.counts[j])
-    ids = top.ids[j][:n]
-    return (ids.cpu().numpy() if torch.is_tensor(ids) else np.asarray(ids)).astype(np.int64)
+    """Unit ``j``'s valid ids (every backend's TopB holds torch tensors)."""
+    return top.ids[j][: int(top.counts[j])].cpu().numpy().astype(np.int64)
