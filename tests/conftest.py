@@ -76,6 +76,59 @@ def pytest_runtest_makereport(item, call):
         durations[item.nodeid] += call.duration
 
 
+# mutmut's traced run gives a test the functions called between its previous test's teardown and its own:
+# a module-scoped fixture (a store, a whole run) is charged to the first test that uses it only, so a mutant
+# in the code it ran was never tested by the fixture's later users, which read and check its output (a
+# budget overshoot with --probe survived so). In the traced run (MUTANT_UNDER_TEST=stats) what a shared
+# fixture's setup ran is charged to every test that uses the fixture.
+_FIXTURE_FUNCTIONS: dict[tuple[str, str], set[str]] = {}
+
+
+def _mutmut_stats_state():
+    import os
+
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
+        return None
+    try:
+        from mutmut.state import state
+    except ImportError:
+        return None
+    return state()
+
+
+def _shared_fixturedefs(item) -> list:
+    info = getattr(item, "_fixtureinfo", None)
+    defs = [d[-1] for d in getattr(info, "name2fixturedefs", {}).values() if d]
+    return [d for d in defs if getattr(d, "scope", "function") != "function"]
+
+
+def _fixture_key(d) -> tuple[str, str]:
+    return (str(getattr(d, "baseid", "")), str(getattr(d, "argname", "")))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    state = _mutmut_stats_state()
+    if state is None:
+        yield
+        return
+    fresh = [d for d in _shared_fixturedefs(item) if getattr(d, "cached_result", None) is None]
+    before = set(state._stats)
+    yield
+    ran = set(state._stats) - before
+    for d in fresh:
+        if getattr(d, "cached_result", None) is not None:
+            _FIXTURE_FUNCTIONS.setdefault(_fixture_key(d), set()).update(ran)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    state = _mutmut_stats_state()
+    if state is not None:
+        for d in _shared_fixturedefs(item):
+            state._stats.update(_FIXTURE_FUNCTIONS.get(_fixture_key(d), ()))
+
+
 def pytest_collection_modifyitems(config, items):
     # mutmut's fork server runs a mutant's tests in the order of a Python set (a new order every run): the
     # fastest first instead, as its plain fork runner does, so a killed mutant dies in its quickest test and
