@@ -82,6 +82,11 @@ def test_neighbor_cache_matches_a_dict():
 def test_to_csr():
     ids, off = to_csr([np.array([3, 4]), np.empty(0, np.int64), np.array([1])])
     assert ids.tolist() == [3, 4, 1] and off.tolist() == [0, 2, 2, 3]
+    ids, off = to_csr([])  # no unit: no ids, one offset
+    assert ids.dtype == np.int64 and ids.shape == (0,) and off.tolist() == [0]
+    big = np.array([2**63 - 1, -(2**63)], dtype=np.int64)
+    ids, off = to_csr([big[:1], big[1:]])
+    assert ids.dtype == np.int64 and ids.tolist() == big.tolist() and off.tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("search", ["flat", "ivf"])
