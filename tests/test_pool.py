@@ -44,6 +44,15 @@ def test_pool_remove_with_repeats_and_empty():
     assert CandidatePool.empty().remove(np.array([1])).size == 0
 
 
+def test_neighbor_cache_answers_int64_ids_from_any_input():
+    """missing() of a list, an empty list or a nested array: the distinct uncached ids, sorted, int64."""
+    cache = NeighborCache(2)
+    cache.add(np.array([5], np.int64), np.zeros((1, 2), np.float32), np.array([[1, 2]]))
+    for q, want in (([], []), ([[9, 5], [3, 9]], [3, 9]), ([2**63 - 1, -(2**63)], [-(2**63), 2**63 - 1])):
+        got = cache.missing(q)
+        assert got.dtype == np.int64 and got.tolist() == want
+
+
 def test_neighbor_cache_matches_a_dict():
     rng = np.random.default_rng(3)
     k = 7
