@@ -42,6 +42,14 @@ def test_pool_remove_with_repeats_and_empty():
     assert pool.ids.tolist() == [2, 9]
     assert pool.remove(np.empty(0, np.int64)).size == 0
     assert CandidatePool.empty().remove(np.array([1])).size == 0
+    # lists and empty lists in: int64 out, and the pool stays int64
+    for got in (
+        pool.grow([], np.empty(0, np.int64)),
+        pool.remove([]),
+        pool.grow([[7, 3], [3, 2]], np.array([2])),
+    ):
+        assert got.dtype == np.int64
+    assert pool.ids.dtype == np.int64 and pool.ids.tolist() == [2, 3, 7, 9]  # 2 was in it already
 
 
 def test_neighbor_cache_answers_int64_ids_from_any_input():
