@@ -8,6 +8,13 @@ import torch
 
 from seals_gpu.store import write_store
 
+from .mutmut_hooks import (  # noqa: F401 - hooks for `make mutate`, registered by being in this module
+    mutmut_durations,
+    pytest_runtest_makereport,
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
+)
+
 
 def clustered(n: int, d: int, *, n_concepts: int = 3, seed: int = 0, id_offset: int = 10_000):
     """Clustered unit vectors with planted concepts: each concept is one tight-ish cluster plus a few members
@@ -31,6 +38,17 @@ def clustered(n: int, d: int, *, n_concepts: int = 3, seed: int = 0, id_offset: 
     return ids, x.astype(np.float32), labels
 
 
+def bare_selection(**attrs):
+    """A :class:`seals_gpu.selection.Selection` holding only ``attrs`` (config, round, backend, neighbors):
+    one selection method tested on its own, without a run."""
+    from seals_gpu.selection import Selection
+
+    sel = Selection()
+    for name, value in attrs.items():
+        setattr(sel, name, value)
+    return sel
+
+
 @pytest.fixture
 def small_store(tmp_path):
     ids, x, labels = clustered(3000, 16, seed=1)
@@ -43,97 +61,11 @@ def pytest_addoption(parser):
     )
 
 
-def _mutmut_durations() -> dict[str, float]:
-    """Under ``make mutate`` (mutmut sets MUTANT_UNDER_TEST and runs pytest in mutants/): each test's time
-    from mutmut's traced run; otherwise empty."""
-    import json
-    import os
-
-    if "MUTANT_UNDER_TEST" not in os.environ or not os.path.isfile("mutmut-stats.json"):
-        return {}
-    try:
-        with open("mutmut-stats.json") as f:
-            return {str(k): float(v) for k, v in json.load(f)["duration_by_test"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
-
-
-def pytest_runtest_makereport(item, call):
-    # mutmut times each test by its call phase only, so a test whose module fixture builds a store and an
-    # index looked nearly free: mutants whose tests were mostly fixture setup got time limits a fraction of
-    # what an unmutated run needs and were counted "timeout" (detected) when they survived. In mutmut's
-    # traced run (MUTANT_UNDER_TEST=stats) setup and teardown are added to the test's time as well.
-    import os
-
-    if call.when == "call" or os.environ.get("MUTANT_UNDER_TEST") != "stats":
-        return
-    try:
-        from mutmut.state import state
-    except ImportError:
-        return
-    durations = state().duration_by_test
-    if item.nodeid in durations:
-        durations[item.nodeid] += call.duration
-
-
-# mutmut's traced run gives a test the functions called between its previous test's teardown and its own:
-# a module-scoped fixture (a store, a whole run) is charged to the first test that uses it only, so a mutant
-# in the code it ran was never tested by the fixture's later users, which read and check its output (a
-# budget overshoot with --probe survived so). In the traced run (MUTANT_UNDER_TEST=stats) what a shared
-# fixture's setup ran is charged to every test that uses the fixture.
-_FIXTURE_FUNCTIONS: dict[tuple[str, str], set[str]] = {}
-
-
-def _mutmut_stats_state():
-    import os
-
-    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
-        return None
-    try:
-        from mutmut.state import state
-    except ImportError:
-        return None
-    return state()
-
-
-def _shared_fixturedefs(item) -> list:
-    info = getattr(item, "_fixtureinfo", None)
-    defs = [d[-1] for d in getattr(info, "name2fixturedefs", {}).values() if d]
-    return [d for d in defs if getattr(d, "scope", "function") != "function"]
-
-
-def _fixture_key(d) -> tuple[str, str]:
-    return (str(getattr(d, "baseid", "")), str(getattr(d, "argname", "")))
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_setup(item):
-    state = _mutmut_stats_state()
-    if state is None:
-        yield
-        return
-    fresh = [d for d in _shared_fixturedefs(item) if getattr(d, "cached_result", None) is None]
-    before = set(state._stats)
-    yield
-    ran = set(state._stats) - before
-    for d in fresh:
-        if getattr(d, "cached_result", None) is not None:
-            _FIXTURE_FUNCTIONS.setdefault(_fixture_key(d), set()).update(ran)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_teardown(item, nextitem):
-    state = _mutmut_stats_state()
-    if state is not None:
-        for d in _shared_fixturedefs(item):
-            state._stats.update(_FIXTURE_FUNCTIONS.get(_fixture_key(d), ()))
-
-
 def pytest_collection_modifyitems(config, items):
     # mutmut's fork server runs a mutant's tests in the order of a Python set (a new order every run): the
     # fastest first instead, as its plain fork runner does, so a killed mutant dies in its quickest test and
     # every run sees one order (the suite passes in any order: TESTING.md)
-    durations = _mutmut_durations()
+    durations = mutmut_durations()
     if durations:
         items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))
     seed = config.getoption("shuffle")

@@ -26,7 +26,7 @@ from seals_gpu.graph import KnnGraph, build_graph
 from seals_gpu.index import IndexSpec, LocalIndex, build_index
 from seals_gpu.store import StoreWriter, write_store
 
-from .conftest import clustered
+from .conftest import bare_selection, clustered
 from .ray_fixture import ray_local_fixture  # noqa: F401  (the session-wide local Ray)
 
 CPU = resolve_device("cpu")
@@ -199,7 +199,7 @@ def test_density_scored_in_the_driver_handles_missing_neighbours_and_fetches_eac
     from seals_gpu import selection
     from seals_gpu.config import RunConfig
     from seals_gpu.pool import CandidatePool
-    from seals_gpu.selection import Selection, Unit
+    from seals_gpu.selection import Unit
 
     if blocks == "small blocks":
         monkeypatch.setattr(selection, "DRIVER_BLOCK", 64)
@@ -225,20 +225,14 @@ def test_density_scored_in_the_driver_handles_missing_neighbours_and_fetches_eac
         rows = np.searchsorted(ids, q)
         return D[rows], I[rows]
 
-    class Bare(Selection):
-        def __init__(self) -> None:
-            self.config = RunConfig(
-                store="s", store_fingerprint="f", concepts=(0,), strategies=(strategy,), beta=beta
-            )
-            self.round = 1
-            self.backend = SimpleNamespace(vectors=vectors)
-            self.neighbors = neighbors
+    cfg = RunConfig(store="s", store_fingerprint="f", concepts=(0,), strategies=(strategy,), beta=beta)
+    run = bare_selection(config=cfg, round=1, backend=SimpleNamespace(vectors=vectors), neighbors=neighbors)
 
     w = torch.from_numpy(rng.normal(size=d).astype(np.float32))
     bias = torch.tensor(0.1, dtype=torch.float32)
     u = Unit(index=0, concept=0, strategy=strategy, mode="seals", n_pos_train=1)
     u.pool = CandidatePool(ids.copy())
-    got = Bare()._select_torch(u, w, bias, b)
+    got = run._select_torch(u, w, bias, b)
 
     xs = x.astype(np.float64)
     p = 1.0 / (1.0 + np.exp(-(xs @ w.double().numpy() + 0.1)))

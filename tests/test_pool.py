@@ -10,7 +10,7 @@ from seals_gpu.config import RunConfig
 from seals_gpu.driver import Run
 from seals_gpu.pool import CandidatePool, NeighborCache, to_csr
 
-from .conftest import clustered
+from .conftest import bare_selection, clustered
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -262,16 +262,15 @@ def test_expand_each_is_algorithm_2_as_written(tmp_path, strategy):
 def test_expand_each_from_an_empty_pool_picks_no_ids_as_int64():
     """A unit whose pool is exhausted picks nothing, as an int64 array (a float64 empty array would turn the
     unit's labeled ids into floats when the round's picks are appended)."""
-    from types import SimpleNamespace
-
     import torch
 
-    from seals_gpu.selection import Selection, Unit
+    from seals_gpu.selection import Unit
 
-    run = SimpleNamespace(config=SimpleNamespace(seed=0, beta=1.0), round=3)
+    cfg = RunConfig(store="s", store_fingerprint="f", concepts=(0,), strategies=("maxent", "random"))
+    run = bare_selection(config=cfg, round=3)
     for strategy in ("maxent", "random"):
         u = Unit(index=0, concept=0, strategy=strategy, mode="seals", n_pos_train=1)
-        got = Selection._select_each(run, u, torch.zeros(4), torch.zeros(()), None, 5)
+        got = run._select_each(u, torch.zeros(4), torch.zeros(()), None, 5)
         assert got.dtype == np.int64 and got.shape == (0,)
 
 
@@ -280,17 +279,13 @@ def test_one_or_no_candidate_left_in_a_unit_scored_in_the_driver():
     pool picks nothing (an int64 array)."""
     import torch
 
-    from seals_gpu.selection import Selection, Unit
+    from seals_gpu.selection import Unit
 
-    class Bare(Selection):
-        def __init__(self) -> None:
-            self.config = RunConfig(store="s", store_fingerprint="f", concepts=(0,), strategies=("random",))
-            self.round = 2
-
+    cfg = RunConfig(store="s", store_fingerprint="f", concepts=(0,), strategies=("random",))
     for pool, want in (([-(2**62)], [-(2**62)]), ([], [])):
         u = Unit(index=0, concept=0, strategy="random", mode="seals", n_pos_train=1)
         u.pool = CandidatePool(np.asarray(pool, dtype=np.int64))
-        got = Bare()._select_torch(u, torch.zeros(4), torch.zeros(()), 5)
+        got = bare_selection(config=cfg, round=2)._select_torch(u, torch.zeros(4), torch.zeros(()), 5)
         assert got.dtype == np.int64 and got.tolist() == want
 
 
