@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS ?= cpu,dist,text,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-shuffled test-all test-gpu gpu-check gpu-wheels demo bench mutate lint format clean
+.PHONY: setup test test-shuffled test-all test-gpu gpu-check gpu-wheels demo bench mutate mutate-sample lint format clean
 
 setup: $(STAMP)
 
@@ -72,6 +72,19 @@ mutate: setup
 	if [ "$(MUTATE_FRESH_STATS)" = "1" ]; then rm -f mutants/mutmut-stats.json; fi
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
 	  $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(foreach m,$(MUTANTS),"$(m)")
+	$(PY) benchmarks/mutation_report.py --modules $(MUTATE)
+
+# a seeded uniform sample of SAMPLE mutants per module (the whole core list is about a day of two cores):
+# an unbiased score estimate per module with its 95% interval, in TESTING.md beside the full table
+SAMPLE ?= 40
+SAMPLE_SEED ?= 0
+mutate-sample: setup
+	if [ "$(MUTATE_FRESH_STATS)" = "1" ]; then rm -f mutants/mutmut-stats.json; fi
+	names="$$($(PY) benchmarks/mutation_report.py --sample $(SAMPLE) --seed $(SAMPLE_SEED) --modules $(MUTATE))" \
+	  && if [ -n "$$names" ]; then \
+	    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+	      $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $$names; \
+	  else echo "every drawn mutant has a verdict already"; fi
 	$(PY) benchmarks/mutation_report.py --modules $(MUTATE)
 
 lint: setup

@@ -21,6 +21,13 @@ not detected.
     python benchmarks/mutation_report.py --modules metrics pool index.merge
     python benchmarks/mutation_report.py --list survived    # names only, e.g. to re-run just those:
     .venv/bin/mutmut run $(python benchmarks/mutation_report.py --list survived)
+
+Sampled score (``make mutate-sample``): checking every core mutant is about a day of two cores, so
+``--sample N --seed S`` draws N mutants per module uniformly at random (seeded; each module's mutants in
+name order), writes the draw to ``benchmarks/mutation_sample.json`` and prints the drawn mutants that have no
+verdict yet (to pass to ``mutmut run``). While that file exists the report adds, per module, the estimate
+from the drawn mutants: detected / (checked - equivalent) of the sample, with a 95% Wilson interval. The
+estimate is unbiased only because the draw ignores how fast a mutant's tests are, unlike mutmut's own order.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -134,7 +143,7 @@ def load_equivalent(path: Path) -> dict[str, dict[str, str]]:
 def build(modules: list[str], mutants: Path, equivalent_path: Path) -> dict[str, Any]:
     results = load_results(mutants)
     equivalent = load_equivalent(equivalent_path)
-    report: dict[str, Any] = {"modules": {}, "survivors": [], "stale_equivalent": []}
+    report: dict[str, Any] = {"modules": {}, "survivors": [], "stale_equivalent": [], "status": {}}
     seen_equivalent: set[str] = set()
     for module in modules:
         codes = results.get(module)
@@ -171,6 +180,7 @@ def build(modules: list[str], mutants: Path, equivalent_path: Path) -> dict[str,
                 if is_eq:
                     status = "equivalent"
             row[status] += 1
+            report["status"][name] = status
         checked = sum(row[c] for c in COLUMNS if c != "not checked")
         detected = row["killed"] + row["timeout"] + row["crashed"]
         denominator = checked - row["equivalent"]
@@ -186,6 +196,75 @@ def build(modules: list[str], mutants: Path, equivalent_path: Path) -> dict[str,
         if mod is not None and report["modules"].get(mod, {}).get("run"):
             report["stale_equivalent"].append({"mutant": name, "why": "not a surviving mutant in this run"})
     return report
+
+
+def wilson(detected: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion detected / n (n > 0), as fractions."""
+    if n <= 0:
+        raise ValueError(f"wilson: n must be positive, got {n}")
+    p = detected / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def generate_mutants() -> None:
+    """Have mutmut write ``mutants/`` (the mutated copy and each module's list of mutants) without running
+    anything: the first step of ``mutmut run``, so a sample can be drawn on a machine that never ran it.
+    Uses mutmut 3.8's own functions (``pyproject.toml`` pins mutmut < 4)."""
+    from mutmut.__main__ import (
+        copy_also_copy_files,
+        copy_src_dir,
+        create_mutants,
+        set_mutant_under_test,
+        setup_source_paths,
+        store_lines_covered_by_tests,
+    )
+
+    set_mutant_under_test("mutant_generation")
+    Path("mutants").mkdir(exist_ok=True)
+    copy_src_dir()
+    copy_also_copy_files()
+    setup_source_paths()
+    store_lines_covered_by_tests()
+    create_mutants(os.cpu_count() or 1)
+
+
+def draw_sample(
+    results: dict[str, dict[str, int | None]], modules: list[str], n: int, seed: int
+) -> dict[str, list[str]]:
+    """Per module, ``n`` of its mutants (all when it has fewer), drawn uniformly with one seeded stream per
+    module: adding a module or changing another's count does not change this module's draw, and a larger
+    ``n`` with the same seed draws the same mutants and more (the first ``n`` of one seeded shuffle)."""
+    out: dict[str, list[str]] = {}
+    for module in modules:
+        order = sorted(results.get(module, {}))
+        random.Random(f"{seed}:{module}").shuffle(order)
+        out[module] = sorted(order[:n])
+    return out
+
+
+def sample_rows(report: dict[str, Any], sample: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per module, the counts of the drawn mutants and the estimate with its 95% interval."""
+    status = report["status"]
+    rows: dict[str, dict[str, Any]] = {}
+    for module, names in sample["modules"].items():
+        row = dict.fromkeys(COLUMNS, 0)
+        for name in names:
+            row[status.get(name, "not checked")] += 1
+        checked = len(names) - row["not checked"]
+        detected = row["killed"] + row["timeout"] + row["crashed"]
+        denominator = checked - row["equivalent"]
+        row.update(drawn=len(names), checked=checked, detected=detected, estimate=None, low=None, high=None)
+        if denominator > 0:
+            low, high = wilson(detected, denominator)
+            row.update(
+                estimate=round(100.0 * detected / denominator, 1),
+                low=round(100.0 * low, 1),
+                high=round(100.0 * high, 1),
+            )
+        rows[module] = row
+    return rows
 
 
 def _md_code(s: str) -> str:
@@ -215,6 +294,26 @@ def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
             f"| {path} | {row['total']} | {row['killed']} | {row['timeout']} | {row['crashed']} | "
             f"{row['survived']} | {row['equivalent']} | {row['no tests']} | {row['not checked']} | {score} |"
         )
+    if report.get("sample"):
+        sample = report["sample"]
+        lines += [
+            "",
+            f"Sampled estimate (`make mutate-sample`: {sample['n']} mutants drawn per module with seed "
+            f"{sample['seed']}, uniformly, whatever their tests cost; 95% Wilson interval):",
+            "",
+            "| module | drawn | checked | detected | survived | equivalent | no tests | estimate | 95% interval |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for module, row in sample["rows"].items():
+            path = f"{module.replace('.', '/')}.py"
+            est = "-" if row["estimate"] is None else f"{row['estimate']:.1f}%"
+            ci = "-" if row["low"] is None else f"{row['low']:.1f}-{row['high']:.1f}%"
+            if row["not checked"]:
+                est += f" ({row['not checked']} not checked)"
+            lines.append(
+                f"| {path} | {row['drawn']} | {row['checked']} | {row['detected']} | {row['survived']} | "
+                f"{row['equivalent']} | {row['no tests']} | {est} | {ci} |"
+            )
     survivors = [s for s in report["survivors"] if not s["equivalent"]]
     equivalents = [s for s in report["survivors"] if s["equivalent"]]
     lines += ["", f"Surviving mutants ({len(survivors)}):", ""]
@@ -272,12 +371,55 @@ def main(argv: list[str] | None = None) -> int:
         choices=["survived", "not-checked", "no-tests"],
         help="only print mutant names, one per line",
     )
+    p.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="draw N mutants per module, write them to --sample-file and print those with no verdict yet",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
+    p.add_argument("--sample-file", type=Path, default=ROOT / "benchmarks" / "mutation_sample.json")
     a = p.parse_args(argv)
     modules = a.modules or CORE
-    if not a.mutants.is_dir():
+    if a.sample is not None and a.sample < 1:
+        print(
+            f"mutation_report: error: --sample {a.sample}: give a positive count, e.g. --sample 40",
+            file=sys.stderr,
+        )
+        return 2
+    unknown = [m for m in modules if m not in CORE]
+    if unknown:
+        print(
+            f"mutation_report: error: --modules {' '.join(unknown)}: not a core module; pick from {' '.join(CORE)}",
+            file=sys.stderr,
+        )
+        return 2
+    if not a.mutants.is_dir() and a.sample is None:
         print(f"mutation_report: error: {a.mutants} does not exist; run `make mutate` first", file=sys.stderr)
         return 2
     os.chdir(ROOT)  # mutmut's diff helpers read mutants/ and the sources relative to the project root
+    if a.sample is not None:
+        if not any((a.mutants / PACKAGE).rglob("*.py.meta")) and a.mutants.resolve() == (ROOT / "mutants"):
+            generate_mutants()
+        results = load_results(a.mutants)
+        missing = [m for m in modules if not results.get(m)]
+        if missing:
+            print(
+                f"mutation_report: error: no mutants of {' '.join(missing)} in {a.mutants}; "
+                "run `make mutate` first (mutmut writes them on its first run)",
+                file=sys.stderr,
+            )
+            return 2
+        drawn = draw_sample(results, modules, a.sample, a.seed)
+        a.sample_file.parent.mkdir(parents=True, exist_ok=True)
+        a.sample_file.write_text(
+            json.dumps({"n": a.sample, "seed": a.seed, "modules": drawn}, indent=1) + "\n"
+        )
+        for module, names in drawn.items():
+            for name in names:
+                if results[module].get(name) is None:
+                    print(name)
+        return 0
     if a.list:
         results = load_results(a.mutants)
         want = {"survived": "survived", "not-checked": "not checked", "no-tests": "no tests"}[a.list]
@@ -287,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(name)
         return 0
     report = build(modules, a.mutants, a.equivalent)
+    if a.sample_file.exists():
+        sample = json.loads(a.sample_file.read_text())
+        sample["modules"] = {m: v for m, v in sample["modules"].items() if m in modules}
+        report["sample"] = {"n": sample["n"], "seed": sample["seed"], "rows": sample_rows(report, sample)}
+    report.pop("status")
     try:
         from importlib.metadata import version
 

@@ -1,0 +1,172 @@
+"""benchmarks/mutation_report.py's sampled score: the draw, the estimate and its interval, the command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location(
+        "mutation_report", ROOT / "benchmarks" / "mutation_report.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules.setdefault("mutation_report", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+mr = _load()
+
+
+def _fake_mutants(root: Path, codes: dict[str, dict[str, int | None]]) -> Path:
+    """A mutants/ folder as mutmut leaves it: one ``.meta`` per module with an exit code per mutant."""
+    for module, by_name in codes.items():
+        meta = root / "seals_gpu" / Path(*module.split(".")).with_suffix(".py.meta")
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"exit_code_by_key": by_name}))
+    return root
+
+
+def _names(module: str, n: int) -> list[str]:
+    return [f"seals_gpu.{module}.x_f__mutmut_{i}" for i in range(1, n + 1)]
+
+
+@pytest.mark.parametrize(("detected", "n"), [(0, 10), (3, 10), (38, 40), (40, 40), (1, 1), (517, 600)])
+def test_wilson_interval_endpoints_solve_the_score_equation(detected: int, n: int) -> None:
+    """Each finite endpoint p of the Wilson interval satisfies (p_hat - p)^2 = z^2 p (1 - p) / n; it holds
+    p_hat, and it is narrower than [0, 1] unless n is tiny."""
+    z = 1.959964
+    low, high = mr.wilson(detected, n)
+    p_hat = detected / n
+    assert 0.0 <= low <= p_hat <= high <= 1.0
+    for p in (low, high):
+        assert (p_hat - p) ** 2 == pytest.approx(z * z * p * (1 - p) / n, abs=1e-12)
+    # 40 of 40: the lower end is n / (n + z^2), the textbook value
+    if detected == n:
+        assert low == pytest.approx(n / (n + z * z))
+        assert high == 1.0
+
+
+def test_wilson_refuses_an_empty_sample() -> None:
+    with pytest.raises(ValueError, match="n must be positive"):
+        mr.wilson(0, 0)
+
+
+def test_the_draw_is_seeded_per_module_and_uniform_over_the_module() -> None:
+    results = {"pool": dict.fromkeys(_names("pool", 200)), "metrics": dict.fromkeys(_names("metrics", 5))}
+    a = mr.draw_sample(results, ["pool", "metrics"], 40, seed=7)
+    b = mr.draw_sample(results, ["metrics", "pool"], 40, seed=7)
+    assert a == b  # the same seed: the same draw, whatever the order of the modules
+    assert len(a["pool"]) == len(set(a["pool"])) == 40
+    assert set(a["pool"]) <= set(results["pool"])
+    assert sorted(a["metrics"]) == sorted(results["metrics"])  # fewer than n: all of them
+    # another module's count does not change this module's draw
+    assert mr.draw_sample(results, ["pool"], 40, seed=7)["pool"] == a["pool"]
+    assert mr.draw_sample(results, ["pool"], 40, seed=8)["pool"] != a["pool"]
+    # a larger sample with the same seed keeps the verdicts already paid for: it holds the smaller one
+    assert set(a["pool"]) < set(mr.draw_sample(results, ["pool"], 80, seed=7)["pool"])
+    # uniform: over many seeds every mutant is drawn about n / N of the time
+    hits = dict.fromkeys(results["pool"], 0)
+    for seed in range(300):
+        for name in mr.draw_sample(results, ["pool"], 40, seed=seed)["pool"]:
+            hits[name] += 1
+    expected = 300 * 40 / 200
+    assert min(hits.values()) > expected * 0.4 and max(hits.values()) < expected * 1.8
+    # name order does not decide the draw: no systematic preference for low mutant numbers
+    first_half = sum(hits[n] for n in _names("pool", 100))
+    assert abs(first_half / (300 * 40) - 0.5) < 0.05
+
+
+def test_sample_rows_count_the_drawn_mutants_only() -> None:
+    status = {f"m{i}": "killed" for i in range(30)}
+    status.update(
+        {"s1": "survived", "e1": "equivalent", "n1": "no tests", "t1": "timeout", "other": "survived"}
+    )
+    sample = {"modules": {"pool": [*(f"m{i}" for i in range(8)), "s1", "e1", "n1", "t1", "unseen"]}}
+    row = mr.sample_rows({"status": status}, sample)["pool"]
+    assert row["drawn"] == 13 and row["not checked"] == 1 and row["checked"] == 12
+    assert row["detected"] == 9 and row["survived"] == 1 and row["equivalent"] == 1 and row["no tests"] == 1
+    # 9 detected of 12 checked - 1 equivalent = 11 (a mutant no test reaches counts against the score)
+    assert row["estimate"] == round(100 * 9 / 11, 1)
+    low, high = mr.wilson(9, 11)
+    assert (row["low"], row["high"]) == (round(100 * low, 1), round(100 * high, 1))
+    empty = mr.sample_rows({"status": {}}, {"modules": {"pool": ["a", "b"]}})["pool"]
+    assert empty["estimate"] is None and empty["not checked"] == 2
+
+
+def test_sample_command_writes_the_draw_and_prints_only_mutants_without_a_verdict(
+    tmp_path: Path, capsys
+) -> None:
+    names = _names("pool", 12)
+    codes = {n: (1 if i % 3 == 0 else None) for i, n in enumerate(names)}
+    mutants = _fake_mutants(tmp_path / "mutants", {"pool": codes})
+    out = tmp_path / "sample.json"
+    rc = mr.main(
+        [
+            "--mutants",
+            str(mutants),
+            "--modules",
+            "pool",
+            "--sample",
+            "6",
+            "--seed",
+            "3",
+            "--sample-file",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    drawn = json.loads(out.read_text())
+    assert drawn["n"] == 6 and drawn["seed"] == 3 and len(drawn["modules"]["pool"]) == 6
+    printed = capsys.readouterr().out.split()
+    assert printed == [n for n in drawn["modules"]["pool"] if codes[n] is None]
+    # the report then adds the sampled estimate for the drawn mutants
+    testing = tmp_path / "TESTING.md"
+    rc = mr.main(
+        [
+            "--mutants",
+            str(mutants),
+            "--modules",
+            "pool",
+            "--sample-file",
+            str(out),
+            "--out",
+            str(tmp_path / "m.json"),
+            "--testing",
+            str(testing),
+            "--equivalent",
+            str(tmp_path / "none.json"),
+        ]
+    )
+    assert rc == 0
+    report = json.loads((tmp_path / "m.json").read_text())
+    row = report["sample"]["rows"]["pool"]
+    killed = sum(1 for n in drawn["modules"]["pool"] if codes[n] == 1)
+    assert row["detected"] == killed and row["not checked"] == 6 - killed
+    assert "Sampled estimate" in testing.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--sample", "0"], "--sample 0: give a positive count"), (["--modules", "nosuch"], "--modules nosuch")],
+)
+def test_bad_arguments_exit_2_and_write_nothing(
+    tmp_path: Path, capsys, args: list[str], message: str
+) -> None:
+    mutants = _fake_mutants(tmp_path / "mutants", {"pool": dict.fromkeys(_names("pool", 3))})
+    out = tmp_path / "sample.json"
+    rc = mr.main(
+        ["--mutants", str(mutants), "--sample-file", str(out), "--out", str(tmp_path / "m.json"), *args]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "m.json").exists()
