@@ -17,7 +17,6 @@ bounded by the batch size whatever the store's size.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -941,6 +940,6 @@ def prevalence_range(text: str) -> tuple[float, float]:
         lo, hi = float(lo_s), float(hi_s)
     except ValueError:
         raise StoreError(f"prevalence {text!r} is not MIN:MAX, e.g. 0.001:0.01") from None
-    if not (0 < lo <= hi < 1) or math.isnan(lo) or math.isnan(hi):
+    if not (0 < lo <= hi < 1):  # NaN fails every comparison, so it is refused here too
         raise StoreError(f"prevalence {text!r}: need 0 < MIN <= MAX < 1, e.g. 0.001:0.01")
     return lo, hi

@@ -9,6 +9,7 @@ import torch
 from seals_gpu.store import write_store
 
 from .mutmut_hooks import (  # noqa: F401 - hooks for `make mutate`, registered by being in this module
+    deselect_kill_tests,
     mutmut_durations,
     pytest_runtest_makereport,
     pytest_runtest_setup,
@@ -65,6 +66,7 @@ def pytest_collection_modifyitems(config, items):
     # mutmut's fork server runs a mutant's tests in the order of a Python set (a new order every run): the
     # fastest first instead, as its plain fork runner does, so a killed mutant dies in its quickest test and
     # every run sees one order (the suite passes in any order: TESTING.md)
+    deselect_kill_tests(config, items)
     durations = mutmut_durations()
     if durations:
         items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))

@@ -28,6 +28,28 @@ def mutmut_durations() -> dict[str, float]:
         return {}
 
 
+# The tests that start `seals-gpu` processes and kill them (marked ``kills``) are two thirds of the suite's
+# time (a minute for the SIGKILL-at-any-moment test alone) and reach the code in a subprocess, where the
+# mutant under test runs too. They guard the write-then-rename and lock logic; for a mutant elsewhere the
+# in-process tests of the same code are the ones that kill it, and a surviving mutant would pay for them in
+# full. So a mutant outside these modules runs without them (a mutant that only they would kill then
+# counts as surviving: the score can only be lower for it).
+KILL_TESTS_FOR = ("seals_gpu.atomic.", "seals_gpu.driver.")
+
+
+def deselect_kill_tests(config, items: list) -> None:
+    """Under mutmut, for a mutant outside :data:`KILL_TESTS_FOR`, drop the tests marked ``kills``."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    if not mutant.startswith("seals_gpu.") or mutant.startswith(KILL_TESTS_FOR):
+        return  # not a mutant (the clean run, the traced run, mutmut's forced failure) or one they guard
+    kept, dropped = [], []
+    for item in items:
+        (dropped if item.get_closest_marker("kills") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def _stats_state():
     """mutmut's state during its traced run (MUTANT_UNDER_TEST=stats), else None."""
     if os.environ.get("MUTANT_UNDER_TEST") != "stats":

@@ -173,3 +173,61 @@ def test_bad_arguments_exit_2_and_write_nothing(
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "m.json").exists()
+
+
+class _Item:
+    def __init__(self, name: str, kills: bool) -> None:
+        self.nodeid, self._kills = name, kills
+
+    def get_closest_marker(self, name: str):
+        return object() if (name == "kills" and self._kills) else None
+
+
+class _Config:
+    def __init__(self) -> None:
+        self.deselected: list = []
+
+        class Hook:
+            def pytest_deselected(hook, items):  # noqa: N805 - stands in for pytest's hook relay
+                self.deselected.extend(items)
+
+        self.hook = Hook()
+
+
+@pytest.mark.parametrize(
+    ("mutant", "dropped"),
+    [
+        ("seals_gpu.store.x_write_store__mutmut_3", True),
+        ("seals_gpu.index.shard.xǁIndexShardǁload__mutmut_1", True),
+        ("seals_gpu.atomic.x_write_json__mutmut_4", False),
+        ("seals_gpu.driver.xǁRunǁstart__mutmut_30", False),
+        ("", False),  # mutmut's clean run: every test
+        ("stats", False),  # the traced run
+        ("fail", False),  # mutmut's forced failure
+    ],
+)
+def test_kill_tests_run_only_for_mutants_of_the_modules_they_guard(
+    monkeypatch, mutant: str, dropped: bool
+) -> None:
+    """Under mutmut the tests marked ``kills`` (processes started and killed) run for mutants of atomic.py and
+    driver.py, and in the clean and traced runs; for any other mutant they are deselected, and reported so."""
+    from tests.mutmut_hooks import deselect_kill_tests
+
+    monkeypatch.setenv("MUTANT_UNDER_TEST", mutant)
+    items = [_Item("a", False), _Item("k1", True), _Item("b", False), _Item("k2", True)]
+    config = _Config()
+    deselect_kill_tests(config, items)
+    names = [i.nodeid for i in items]
+    if dropped:
+        assert names == ["a", "b"] and [i.nodeid for i in config.deselected] == ["k1", "k2"]
+    else:
+        assert names == ["a", "k1", "b", "k2"] and config.deselected == []
+
+
+def test_outside_mutmut_no_test_is_deselected(monkeypatch) -> None:
+    from tests.mutmut_hooks import deselect_kill_tests
+
+    monkeypatch.delenv("MUTANT_UNDER_TEST", raising=False)
+    items = [_Item("k1", True)]
+    deselect_kill_tests(_Config(), items)
+    assert [i.nodeid for i in items] == ["k1"]

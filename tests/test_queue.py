@@ -356,6 +356,7 @@ def test_labelstudio_export_parsed(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- crash safety
+@pytest.mark.kills
 def test_kill_between_queue_and_checkpoint_then_resume(store, simulated, tmp_path):
     """SIGKILL after a round's queue files are written and before its checkpoint commits, at the seed round
     and at round 2: --resume (with the answers already there) redoes the round and ends as the simulation."""

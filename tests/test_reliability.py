@@ -204,6 +204,7 @@ def story(store, tmp_path_factory) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- crash + resume
+@pytest.mark.kills
 def test_sigkill_at_any_moment_then_resume_gives_identical_results(story):
     notes = story["notes"]
     assert sum(k["code"] == KILLED for k in notes["random"]) >= 2, notes["random"]
@@ -303,6 +304,7 @@ def test_resume_on_another_store_is_refused(story, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- one writer
+@pytest.mark.kills
 def test_one_writer_per_run_dir_and_a_dead_holder_does_not_block(story, store, tmp_path, capsys):
     out = tmp_path / "run"
     holder = _start(store, out)

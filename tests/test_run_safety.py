@@ -279,6 +279,7 @@ def test_a_failure_before_the_first_checkpoint_leaves_nothing(where, store, tmp_
 
 
 # ---------------------------------------------------------------------------------------------- 2. any kill
+@pytest.mark.kills
 def test_the_kills_left_what_they_should(kills):
     def names(p: Path) -> list[str]:
         return sorted(str(q.relative_to(p)) for q in p.rglob("*") if not q.name.startswith(".state.npz."))
@@ -298,6 +299,7 @@ def test_the_kills_left_what_they_should(kills):
 
 @pytest.mark.parametrize("resume", [True, False], ids=["--resume", "plain rerun"])
 @pytest.mark.parametrize("point", ["lock:0", "config:0", "outputs:0", "checkpoint:0"])
+@pytest.mark.kills
 def test_a_run_killed_before_its_first_checkpoint_starts_over(
     point, resume, kills, store, reference, copy_of, capsys
 ):
@@ -310,6 +312,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(
     assert not list(out.rglob(".*.tmp")), "the restart removed the killed write's temporaries"
 
 
+@pytest.mark.kills
 def test_a_killed_start_of_other_settings_is_not_taken_over(kills, store, copy_of, capsys):
     out = copy_of(kills["config:0"])
     for extra in ([], ["--resume"]):

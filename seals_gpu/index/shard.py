@@ -361,7 +361,8 @@ class IndexShard:
 
 
 def default_ivf_params(n: int, d: int) -> dict[str, int]:
-    """Defaults from the store's size: nlist ≈ 4·sqrt(n) rounded to a power of two (>= 16), PQ with
+    """Defaults from the store's size: nlist ≈ 4·sqrt(n) rounded to a power of two, at most n/39 (FAISS
+    wants 39 training rows per list) and at least 16, PQ with
     ``m`` sub-quantizers (32 when d allows, else the largest divisor of d ≤ 32), nprobe = nlist/16
     (>= 16), re-rank 4·k."""
     nlist = int(2 ** round(np.log2(max(16.0, 4.0 * np.sqrt(max(n, 1))))))
