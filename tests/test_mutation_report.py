@@ -83,6 +83,10 @@ def test_the_draw_is_seeded_per_module_and_uniform_over_the_module() -> None:
             hits[name] += 1
     expected = 300 * 40 / 200
     assert min(hits.values()) > expected * 0.4 and max(hits.values()) < expected * 1.8
+    # editing one function renumbers its mutants only: the rest of the draw stays
+    edited = {k: v for k, v in results["pool"].items() if not k.endswith(("_1", "_2", "_3"))}
+    after = mr.draw_sample({"pool": edited}, ["pool"], 40, seed=7)["pool"]
+    assert len(set(a["pool"]) - set(after)) <= 3
     # name order does not decide the draw: no systematic preference for low mutant numbers
     first_half = sum(hits[n] for n in _names("pool", 100))
     assert abs(first_half / (300 * 40) - 0.5) < 0.05
