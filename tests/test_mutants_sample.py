@@ -198,3 +198,24 @@ def test_the_hessian_factor_survives_a_vanishing_intercept_curvature() -> None:
             torch.testing.assert_close(rebuilt[:d, :d], H[:d, :d], rtol=1e-9, atol=1e-6)
         else:
             torch.testing.assert_close(rebuilt, H, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def test_all_mode_random_reports_int64_counts_and_ids_even_for_narrow_input_ids() -> None:
+    """``random_topb``: per unit the b highest seeded scores among the ids not excluded, with int64 ids and
+    counts whatever integer type the ids came in (kills ``random_topb`` mutants 5 and 31)."""
+    from seals_gpu.scoring import random_topb
+    from seals_gpu.strategies import random_scores
+
+    ids = np.arange(0, 300, 3, dtype=np.int64)
+    exclude = [ids[:10], np.empty(0, np.int64)]
+    top = random_topb(ids.astype(np.int32), exclude, [5, 9], seed=4, round_no=2, b=7)
+    assert top.ids.dtype == torch.int64 and top.counts.dtype == torch.int64
+    assert top.counts.tolist() == [7, 7]
+    for u, (ex, key) in enumerate(zip(exclude, [5, 9], strict=True)):
+        cand = np.setdiff1d(ids, ex)
+        sc = random_scores(cand, 4, key, 2).numpy()
+        order = np.lexsort((cand, -sc))[:7]
+        np.testing.assert_array_equal(top.ids[u].numpy(), cand[order])
+    few = random_topb(ids[:3], [np.empty(0, np.int64)], [1], seed=0, round_no=0, b=5)
+    assert few.counts.tolist() == [3] and few.ids[0, 3:].tolist() == [-1, -1]
