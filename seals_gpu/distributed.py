@@ -300,7 +300,8 @@ def ray_fill(
     if not ray.is_initialized():
         raise ConfigError("ray_fill needs a Ray session; wrap the build in `with ray_session(address):`")
     task = ray.remote(max_retries=2)(_fill_task)
-    pending = [task.remote(str(Path(sd).resolve()), params["kind"], str(trained_path)) for sd in shard_dirs]
+    trained = None if trained_path is None else str(trained_path)
+    pending = [task.remote(str(Path(sd).resolve()), params["kind"], trained) for sd in shard_dirs]
     bar = None
     if progress:
         from tqdm.auto import tqdm
