@@ -93,8 +93,30 @@ def test_loading_a_shard_names_the_missing_file_and_refuses_mismatched_rows(tmp_
     with pytest.raises(IndexError_, match=r"missing vectors\.npy; rebuild"):
         IndexShard.load(tmp_path / "s", kind="ivfpq")
     np.save(tmp_path / "s" / "vectors.npy", x[:299])
-    with pytest.raises(IndexError_, match="disagree"):
+    with pytest.raises(IndexError_, match="disagree; rebuild the index"):
         IndexShard.load(tmp_path / "s", kind="ivfpq")
+
+
+def test_a_loaded_shard_maps_its_vectors_unless_asked_to_read_them(tmp_path) -> None:
+    """``load`` memory-maps vectors.npy (a shard can be larger than memory), ``mmap=False`` reads it (kills
+    ``IndexShard.load`` mutant 13)."""
+    x = _unit(64, 4)
+    IndexShard.build(np.arange(64), x).save(tmp_path / "s")
+    mapped = IndexShard.load(tmp_path / "s", kind="flat")
+    assert isinstance(mapped.vectors, np.memmap) and not mapped.vectors.flags.writeable
+    read = IndexShard.load(tmp_path / "s", kind="flat", mmap=False)
+    assert not isinstance(read.vectors, np.memmap)
+    np.testing.assert_array_equal(np.asarray(mapped.vectors), read.vectors)
+
+
+def test_a_pq_m_that_does_not_divide_the_dimension_is_refused_with_divisors_that_do() -> None:
+    """The error names the largest divisors of d up to 64 (kills ``train_ivfpq`` mutants 10 and 14)."""
+    with pytest.raises(
+        IndexError_, match=r"--pq-m 5 must divide the dimension 48; try one of \[12, 16, 24, 48\]"
+    ):
+        train_ivfpq(_unit(100, 48), nlist=2, pq_m=5)
+    with pytest.raises(IndexError_, match=r"try one of \[8, 16, 32, 64\]"):
+        train_ivfpq(_unit(100, 128), nlist=2, pq_m=3)
 
 
 # ------------------------------------------------------------------------------------------------ store
@@ -143,6 +165,36 @@ def test_store_info_puts_each_concept_in_its_prevalence_bucket(tmp_path) -> None
 def test_a_prevalence_range_outside_0_1_or_nan_is_refused(text: str) -> None:
     with pytest.raises(StoreError, match="need 0 < MIN <= MAX < 1"):
         prevalence_range(text)
+
+
+def test_take_returns_float32_rows_in_the_order_asked(tmp_path) -> None:
+    """``Store.take``: float32 (n, d) in the order of the ids asked, repeats included; float32 when empty
+    too (kills ``Store.take`` mutant 11)."""
+    x = np.random.default_rng(0).normal(size=(30, 3))
+    s = write_store(tmp_path / "s", np.arange(30) * 5 - 40, x, normalize=False)
+    raw = s.take([5, -40, 5, 100], normalize=False)
+    assert raw.dtype == np.float32 and raw.shape == (4, 3)
+    np.testing.assert_allclose(raw, x[[9, 0, 9, 28]].astype(np.float32))
+    unit = s.take([5, -40, 5, 100])
+    assert unit.dtype == np.float32
+    np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-6)
+    assert s.take([]).dtype == np.float32 and s.take([]).shape == (0, 3)
+
+
+def test_the_hash_split_of_one_id_is_that_of_the_id_in_an_array_and_warns_of_nothing() -> None:
+    """splitmix64 wraps modulo 2**64 on purpose: for a scalar id (numpy warns about scalar overflow, not
+    array overflow) it must not warn either (kills ``hash_test_mask`` mutant 7)."""
+    import warnings
+
+    from seals_gpu.store import hash_test_mask
+
+    ids = np.array([-(2**63), -1, 0, 1, 2**63 - 1, 123_456_789], dtype=np.int64)
+    arr = hash_test_mask(ids, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i, v in enumerate(ids):
+            assert bool(hash_test_mask(np.int64(v), 0.5)) == bool(arr[i])
+            assert bool(hash_test_mask(int(v), 0.5)) == bool(arr[i])
 
 
 def test_a_prevalence_range_inside_0_1_is_parsed() -> None:
