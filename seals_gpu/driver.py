@@ -167,7 +167,7 @@ class Run(Selection):
             )
         self.backend = backend
         self.split: Split = backend.split  # train/test: sizes, membership, draws by rank (see split.py)
-        # seconds per phase of the loop, written to RUN/timings.json (see _write_timings)
+        # seconds per phase of the loop, written to RUN/timings.json (see launch._write_timings)
         self.timings: dict[str, float] = dict.fromkeys(
             ("seed", "fit", "search", "select", "label", "record", "checkpoint"), 0.0
         )

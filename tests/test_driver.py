@@ -318,3 +318,16 @@ def test_concepts_without_a_test_positive_are_named_and_can_be_excluded(tmp_path
     )
     Run(cfg, tmp_path / "r", store=store, progress=False, log=lambda *m: logs.append(" ".join(map(str, m))))
     assert any("concept 7 has no positive in the test split" in m for m in logs), logs
+
+
+def test_an_all_mode_run_spends_no_time_growing_pools(synth, tmp_path):
+    """All mode keeps no candidate pool: its run's `search` time (pool growth) is exactly 0, a SEALS run's is
+    not (kills `Run._expand` mutant 7: 1 s reported per round for a run with no SEALS unit)."""
+    t_all = run(synth, tmp_path / "a", concepts=[0], **_small(strategies=("maxent",), modes=("all",))).timings
+    t_seals = run(
+        synth, tmp_path / "s", concepts=[0], **_small(strategies=("maxent",), modes=("seals",))
+    ).timings
+    assert t_all["search"] == 0.0
+    assert 0.0 < t_seals["search"] < 60.0
+    m = pq.read_table(tmp_path / "a" / "metrics.parquet").to_pydict()
+    assert set(m["seconds_search"]) == {0.0}

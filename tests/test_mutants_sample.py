@@ -271,3 +271,32 @@ def test_all_mode_random_reports_int64_counts_and_ids_even_for_narrow_input_ids(
         np.testing.assert_array_equal(top.ids[u].numpy(), cand[order])
     few = random_topb(ids[:3], [np.empty(0, np.int64)], [1], seed=0, round_no=0, b=5)
     assert few.counts.tolist() == [3] and few.ids[0, 3:].tolist() == [-1, -1]
+
+
+def test_a_concept_listed_twice_is_refused_by_name(tmp_path) -> None:
+    """``--concepts a,b,a`` names the repeated concept (kills ``Store.resolve_concepts`` mutant 64)."""
+    x = np.random.default_rng(0).normal(size=(6, 2))
+    s = write_store(tmp_path / "s", np.arange(6), x, labels=[["cat"], ["dog"], ["cat"], [], ["dog"], ["cow"]])
+    assert s.resolve_concepts(["dog", "cat"]) == ["dog", "cat"]
+    with pytest.raises(StoreError, match="concept 'cat' is listed twice"):
+        s.resolve_concepts(["cat", "dog", "cat"])
+
+
+def test_torch_scoring_returns_float32_scores_and_int64_ids() -> None:
+    """``score_select`` (torch backend): float32 scores, int64 ids, whatever dtype it computed in (kills
+    ``_score_select_torch`` mutant 34)."""
+    from seals_gpu.scoring import score_select
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    rows = torch.arange(40, dtype=torch.int64)
+    ids = rows * 1_000_003 - 7
+    offsets = torch.tensor([0, 25, 40], dtype=torch.int64)
+    W, bias = torch.randn(2, 8, generator=g), torch.zeros(2)
+    kind = torch.tensor([0, 1], dtype=torch.int8)
+    for cdt in (torch.float32, torch.float64):
+        top = score_select(
+            emb, rows, ids, offsets, W, bias, kind, None, 1.0, 5, backend="torch", compute_dtype=cdt
+        )
+        assert top.scores.dtype == torch.float32 and top.ids.dtype == torch.int64
+        assert top.counts.tolist() == [5, 5]
