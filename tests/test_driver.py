@@ -331,3 +331,20 @@ def test_an_all_mode_run_spends_no_time_growing_pools(synth, tmp_path):
     assert 0.0 < t_seals["search"] < 60.0
     m = pq.read_table(tmp_path / "a" / "metrics.parquet").to_pydict()
     assert set(m["seconds_search"]) == {0.0}
+    m = pq.read_table(tmp_path / "s" / "metrics.parquet").to_pydict()
+    assert all(v > 0 for v, r in zip(m["seconds_search"], m["round"], strict=True) if r > 0)
+
+
+def test_the_rounds_bar_counts_every_round_once(synth, tmp_path, capsys):
+    """The progress bar of a run ends at rounds / rounds (seed round included) and never passes it (kills
+    `Run._loop` mutant 15: a bar that starts one ahead and ends past its total)."""
+    import re
+
+    kw = _small(strategies=("maxent",), modes=("seals",), budget=130)
+    run(synth, tmp_path / "r", concepts=[0], progress=True, **kw)
+    err = capsys.readouterr().err
+    counts = re.findall(r"rounds:.*?(\d+)/(\d+)", err)
+    assert counts, err
+    done, total = map(int, counts[-1])
+    assert done == total == 1 + (130 - 30) // 50
+    assert all(int(a) <= int(b) for a, b in counts)
