@@ -300,3 +300,31 @@ def test_torch_scoring_returns_float32_scores_and_int64_ids() -> None:
         )
         assert top.scores.dtype == torch.float32 and top.ids.dtype == torch.int64
         assert top.counts.tolist() == [5, 5]
+
+
+# ------------------------------------------------------------------------------------------ pool, driver
+def test_an_empty_lookup_gives_int64_ids_and_float32_similarities() -> None:
+    """``NeighborCache.lookup([])``: (0, k) float32 and (0, k) int64, like any lookup (kills
+    ``NeighborCache.lookup`` mutant 16)."""
+    from seals_gpu.pool import NeighborCache
+
+    cache = NeighborCache(3)
+    for ids in ([], np.empty(0, np.int64)):
+        D, I = cache.lookup(ids)
+        assert D.dtype == np.float32 and I.dtype == np.int64 and D.shape == I.shape == (0, 3)
+
+
+@pytest.mark.parametrize(("n_train", "most"), [(50, 49), (2, 1), (1, 1)])
+def test_a_k_above_the_train_rows_names_the_largest_k_that_fits(n_train: int, most: int) -> None:
+    """``--k`` larger than the other train rows is refused, naming the largest k that fits (kills
+    ``check_k`` mutant 14)."""
+    from types import SimpleNamespace
+
+    from seals_gpu.driver import check_k
+    from seals_gpu.planner import SearchPlan
+
+    plan = SearchPlan("flat", "test")
+    with pytest.raises(ConfigError, match=rf"lower --k to at most {most}$"):
+        check_k(SimpleNamespace(k=n_train), plan, n_train)  # check_k reads only the config's k
+    if n_train > 1:
+        check_k(SimpleNamespace(k=n_train - 1), plan, n_train)  # fits
