@@ -328,3 +328,61 @@ def test_a_k_above_the_train_rows_names_the_largest_k_that_fits(n_train: int, mo
         check_k(SimpleNamespace(k=n_train), plan, n_train)  # check_k reads only the config's k
     if n_train > 1:
         check_k(SimpleNamespace(k=n_train - 1), plan, n_train)  # fits
+
+
+def test_default_iteration_and_tolerance_limits_follow_the_solver() -> None:
+    """Unset ``max_iter``/``tol`` take the chosen solver's defaults (Newton: 50 steps; L-BFGS: 1000) (kills
+    ``_check_config`` mutant 12)."""
+    from seals_gpu import learner
+
+    newton = learner._check_config("newton", 1.0, None, None, 2)
+    lbfgs = learner._check_config("lbfgs", 1.0, None, None, 2)
+    assert newton == (learner._NEWTON_MAX_ITER, learner._NEWTON_TOL, 2) and newton[0] == 50
+    assert lbfgs == (learner._LBFGS_MAX_ITER, learner._LBFGS_TOL, 2) and lbfgs[0] == 1000
+    assert learner._check_config("newton", 1.0, 7, 1e-3, 1) == (7, 1e-3, 1)
+
+
+def test_asking_for_the_cuda_kernel_where_it_cannot_run_names_every_reason() -> None:
+    """``backend="cuda"`` on CPU float64 data with a float64 compute dtype: one ConfigError listing each
+    reason (kills ``_use_cuda`` mutant 24 and its siblings)."""
+    from seals_gpu.scoring import score_select
+
+    emb = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
+    rows = torch.arange(6)
+    args = (
+        emb,
+        rows,
+        rows,
+        torch.tensor([0, 6]),
+        torch.randn(1, 4),
+        torch.zeros(1),
+        torch.tensor([0], dtype=torch.int8),
+    )
+    with pytest.raises(ConfigError) as e:
+        score_select(*args, None, 1.0, 2, backend="cuda", compute_dtype=torch.float64)
+    msg = str(e.value)
+    assert msg.startswith("backend='cuda' is not usable: emb is on cpu, not a cuda device; ")
+    assert "emb dtype torch.float64 (the kernel reads float32 or float16)" in msg
+    assert "compute_dtype=torch.float64 (the kernel computes in float32)" in msg
+    assert msg.endswith("; use backend='torch' or 'auto'")
+
+
+def test_json_outputs_are_sorted_indented_and_end_with_a_newline(tmp_path) -> None:
+    """Run files written with ``write_json`` read well in a terminal and diff well: two-space indent, sorted
+    keys, numpy scalars as numbers, a final newline (kills ``write_json`` mutants 5 and 9)."""
+    import json
+
+    from seals_gpu.atomic import write_json
+
+    obj = {"b": [1, 2], "a": {"y": np.int64(3), "x": np.float32(0.5)}}
+    write_json(tmp_path / "f.json", obj)
+    text = (tmp_path / "f.json").read_text()
+    assert text == '{\n  "a": {\n    "x": 0.5,\n    "y": 3\n  },\n  "b": [\n    1,\n    2\n  ]\n}\n'
+    assert json.loads(text) == {"a": {"x": 0.5, "y": 3}, "b": [1, 2]}
+
+
+def test_a_shard_split_with_one_flag_per_id_missing_is_refused() -> None:
+    from seals_gpu.split import ShardSplit
+
+    with pytest.raises(ValueError, match=r"is_test has shape \(2,\), ids \(3,\); give one per id"):
+        ShardSplit(np.arange(3), np.array([True, False]))
