@@ -155,9 +155,8 @@ def _embedding_dim(field: pa.Field, file: str) -> int | None:
     )
 
 
-def _embeddings_to_numpy(col: pa.ChunkedArray | pa.Array, dim: int, file: str, row0: int) -> np.ndarray:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+def _embeddings_to_numpy(col: pa.Array, dim: int, file: str, row0: int) -> np.ndarray:
+    """A record batch's embedding column as (n, dim) values, refusing nulls and rows of another length."""
     if col.null_count:
         raise StoreError(
             f"{file}: column 'embedding' has a null at row {row0 + int(np.flatnonzero(col.is_null())[0])}; "

@@ -386,3 +386,26 @@ def test_a_shard_split_with_one_flag_per_id_missing_is_refused() -> None:
 
     with pytest.raises(ValueError, match=r"is_test has shape \(2,\), ids \(3,\); give one per id"):
         ShardSplit(np.arange(3), np.array([True, False]))
+
+
+def test_shape_and_order_errors_of_shards_and_merges_say_what_is_wrong() -> None:
+    """Two unsorted ids are refused like any unsorted shard; non-finite queries and mismatched D/I get their
+    own one-line messages (kills ``IndexShard.__init__`` mutant 15, ``_check_queries`` mutant 17,
+    ``sort_neighbors`` mutant 14)."""
+    from seals_gpu.index.merge import sort_neighbors
+
+    x = _unit(2, 4)
+    with pytest.raises(IndexError_, match="shard ids must be unique and sorted ascending"):
+        IndexShard(np.array([5, 3], dtype=np.int64), x, kind="flat")
+    with pytest.raises(IndexError_, match="shard ids must be unique and sorted ascending"):
+        IndexShard(np.array([4, 4], dtype=np.int64), x, kind="flat")
+    IndexShard(np.array([7], dtype=np.int64), x[:1], kind="flat")  # one id is sorted
+    shard = IndexShard(np.array([3, 5], dtype=np.int64), x, kind="flat")
+    bad = x.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(
+        IndexError_, match=r"^queries contain NaN or inf; pass finite, l2-normalised vectors$"
+    ):
+        shard.search(bad, 1)
+    with pytest.raises(ValueError, match=r"^D has shape \(2, 3\) but I has \(2, 2\); they must match$"):
+        sort_neighbors(np.zeros((2, 3), np.float32), np.zeros((2, 2), np.int64), 2)
