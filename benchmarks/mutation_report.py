@@ -158,7 +158,9 @@ def build(modules: list[str], mutants: Path, equivalent_path: Path) -> dict[str,
                 diff = mutant_diff(name, module)
                 old, new = changed_lines(diff)
                 eq = equivalent.get(name)
-                is_eq = eq is not None and eq.get("change", "").strip() in new
+                change = "" if eq is None else eq.get("change", "").strip()
+                # the mutated line; for a mutant that only drops a line, the dropped line
+                is_eq = eq is not None and (change in new or (not new and change in old))
                 if eq is not None:
                     seen_equivalent.add(name)
                     if not is_eq:

@@ -409,3 +409,15 @@ def test_shape_and_order_errors_of_shards_and_merges_say_what_is_wrong() -> None
         shard.search(bad, 1)
     with pytest.raises(ValueError, match=r"^D has shape \(2, 3\) but I has \(2, 2\); they must match$"):
         sort_neighbors(np.zeros((2, 3), np.float32), np.zeros((2, 2), np.int64), 2)
+
+
+def test_a_hessian_that_no_nudge_can_factor_raises_instead_of_looping() -> None:
+    """A non-finite curvature (which validated inputs never produce) ends the jitter loop with one clear
+    error, not an endless loop or a NaN factor (kills ``_hessian_cholesky`` mutant 148)."""
+    from seals_gpu.learner import _hessian_cholesky
+
+    X = torch.ones(1, 3, 2, dtype=torch.float64)
+    D = torch.tensor([[1.0, float("nan"), 1.0]], dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+    with pytest.raises(FloatingPointError, match=r"^Hessian factorisation failed$"):
+        _hessian_cholesky(X, D, zero, zero)
