@@ -421,3 +421,16 @@ def test_a_hessian_that_no_nudge_can_factor_raises_instead_of_looping() -> None:
     zero = torch.zeros(1, dtype=torch.float64)
     with pytest.raises(FloatingPointError, match=r"^Hessian factorisation failed$"):
         _hessian_cholesky(X, D, zero, zero)
+
+
+def test_an_index_build_on_ray_without_a_session_says_how_to_open_one(tmp_path) -> None:
+    """``ray_fill`` outside a Ray session: one ConfigError naming the fix (kills ``ray_fill`` mutant 11)."""
+    ray = pytest.importorskip("ray")
+    from seals_gpu.distributed import ray_fill
+
+    if ray.is_initialized():
+        pytest.skip("a Ray session is open in this process")
+    with pytest.raises(
+        ConfigError, match=r"^ray_fill needs a Ray session; wrap the build in `with ray_session\(address\):`$"
+    ):
+        ray_fill([tmp_path / "shard-00000"], {"kind": "ivfpq"}, tmp_path / "trained.faiss")
