@@ -7,6 +7,7 @@ test can observe are listed, with the reason, in ``benchmarks/mutation_equivalen
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -434,3 +435,26 @@ def test_an_index_build_on_ray_without_a_session_says_how_to_open_one(tmp_path) 
         ConfigError, match=r"^ray_fill needs a Ray session; wrap the build in `with ray_session\(address\):`$"
     ):
         ray_fill([tmp_path / "shard-00000"], {"kind": "ivfpq"}, tmp_path / "trained.faiss")
+
+
+@pytest.mark.parametrize(
+    ("embedding", "holds"),
+    [
+        (pa.FixedSizeListArray.from_arrays(pa.array(np.arange(8, dtype=np.int32)), 2), "int32"),
+        (pa.array([[1, 2], [3, 4], [5, 6], [7, 8]], type=pa.list_(pa.int64())), "int64"),
+    ],
+)
+def test_integer_embeddings_are_refused_with_the_type_to_write(tmp_path, embedding, holds: str) -> None:
+    """A store file whose embeddings are integers names what it holds and the type to write instead (kills
+    ``_embedding_dim`` mutant 7 and its list twin)."""
+    import pyarrow.parquet as pq
+
+    from seals_gpu.store import Store
+
+    (tmp_path / "s").mkdir()
+    table = pa.table({"id": pa.array(np.arange(4, dtype=np.int64)), "embedding": embedding})
+    pq.write_table(table, tmp_path / "s" / "part-00000.parquet")
+    with pytest.raises(
+        StoreError, match=rf"holds {holds}, expected .*; write embeddings as fixed_size_list<float32>\[d\]$"
+    ):
+        Store(tmp_path / "s")
