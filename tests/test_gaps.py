@@ -7,6 +7,7 @@ Parquet files (read with pyarrow), never through ``Store``, the backends or the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -303,7 +304,7 @@ def test_store_writer_refuses_an_id_repeated_in_a_later_batch(tmp_path, rows_per
     w.write(np.array([5, 6, 3]), x[:3])  # 3 again, each batch unique on its own
     n_files = len(list(w._tmp.glob("part-*.parquet")))
     assert n_files == (1 if rows_per_file == 100 else 2)
-    with pytest.raises(StoreError, match=r"id 3 appears more than once"):
+    with pytest.raises(StoreError, match=rf"^store {re.escape(str(dest))}: id 3 appears more than once"):
         w.close()
     assert not dest.exists() and list(tmp_path.iterdir()) == []  # no store, no temporary left behind
     with pytest.raises(StoreError, match=r"id 6 appears more than once"), StoreWriter(dest, dim=3) as w2:
