@@ -64,14 +64,15 @@ MUTATE ?= metrics pool index.merge atomic evaluate strategies scoring selection 
 MUTATE_JOBS ?= 2
 MUTATE_FRESH_STATS ?= 1
 MUTANTS ?= $(foreach m,$(MUTATE),seals_gpu.$(m).*)
+# single-threaded workers: MUTATE_JOBS of them share the cores
+MUTMUT_RUN = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS)
 
 mutate: setup
 	# mutmut maps tests to functions incrementally; after code moved between modules its map missed most
 	# tests of the moved functions (false survivors, "no tests"), so each run rebuilds it (one traced run of
 	# the suite, ~7 min here); MUTATE_FRESH_STATS=0 reuses the last one
 	if [ "$(MUTATE_FRESH_STATS)" = "1" ]; then rm -f mutants/mutmut-stats.json; fi
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
-	  $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(foreach m,$(MUTANTS),"$(m)")
+	$(MUTMUT_RUN) $(foreach m,$(MUTANTS),"$(m)")
 	$(PY) benchmarks/mutation_report.py --modules $(MUTATE)
 
 # a seeded uniform sample of SAMPLE mutants per module (the whole core list is about a day of two cores):
@@ -82,8 +83,7 @@ mutate-sample: setup
 	if [ "$(MUTATE_FRESH_STATS)" = "1" ]; then rm -f mutants/mutmut-stats.json; fi
 	names="$$($(PY) benchmarks/mutation_report.py --sample $(SAMPLE) --seed $(SAMPLE_SEED) --modules $(MUTATE))" \
 	  && if [ -n "$$names" ]; then \
-	    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
-	      $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $$names; \
+	    $(MUTMUT_RUN) $$names; \
 	  else echo "every drawn mutant has a verdict already"; fi
 	$(PY) benchmarks/mutation_report.py --modules $(MUTATE)
 

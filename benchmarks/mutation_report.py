@@ -271,6 +271,11 @@ def sample_rows(report: dict[str, Any], sample: dict[str, Any]) -> dict[str, dic
     return rows
 
 
+def _md_row(*cells: Any) -> str:
+    """One row of a markdown table."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def _md_code(s: str) -> str:
     s = s.replace("|", "\\|")
     return f"`` {s} ``" if "`" in s else f"`{s}`"
@@ -294,10 +299,8 @@ def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
         score = "-" if row["score"] is None else f"{row['score']:.1f}%"
         if row["not checked"]:
             score += f" (partial: {row['checked']} of {row['total']} checked)"
-        lines.append(
-            f"| {path} | {row['total']} | {row['killed']} | {row['timeout']} | {row['crashed']} | "
-            f"{row['survived']} | {row['equivalent']} | {row['no tests']} | {row['not checked']} | {score} |"
-        )
+        cells = [row[c] for c in ("total", "killed", "timeout", "crashed", "survived", "equivalent")]
+        lines.append(_md_row(path, *cells, row["no tests"], row["not checked"], score))
     if report.get("sample"):
         sample = report["sample"]
         lines += [
@@ -314,10 +317,8 @@ def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
             ci = "-" if row["low"] is None else f"{row['low']:.1f}-{row['high']:.1f}%"
             if row["not checked"]:
                 est += f" ({row['not checked']} not checked)"
-            lines.append(
-                f"| {path} | {row['drawn']} | {row['checked']} | {row['detected']} | {row['survived']} | "
-                f"{row['equivalent']} | {row['no tests']} | {est} | {ci} |"
-            )
+            cells = [row[c] for c in ("drawn", "checked", "detected", "survived", "equivalent", "no tests")]
+            lines.append(_md_row(path, *cells, est, ci))
     survivors = [s for s in report["survivors"] if not s["equivalent"]]
     equivalents = [s for s in report["survivors"] if s["equivalent"]]
     lines += ["", f"Surviving mutants ({len(survivors)}):", ""]

@@ -723,14 +723,20 @@ def test_actors_that_do_not_load_in_time_are_a_config_error(data, fake):
 FT = dist.FaultTolerance(call_retries=3, backoff_s=0.25, ready_timeout_s=9.0)
 
 
+def _same_search(a: Any, b: Any, xq: np.ndarray, k: int, q: np.ndarray) -> np.ndarray:
+    """``a`` and ``b`` return the same neighbours and similarities for ``xq``, each query excluding its own
+    id ``q``; returns the ids."""
+    D, I = a.search(xq, k, exclude_ids=q)
+    D0, I0 = b.search(xq, k, q)
+    np.testing.assert_array_equal(I, I0)
+    np.testing.assert_array_equal(D, D0)
+    return I
+
+
 def _search_ok(si: dist.ShardedIndex, data: Data) -> None:
     q = _queries(data)
     local = _local(data)
-    xq = local.vectors(q)
-    D, I = si.search(xq, 8, exclude_ids=q)
-    D0, I0 = local.search(xq, 8, q)
-    np.testing.assert_array_equal(I, I0)
-    np.testing.assert_array_equal(D, D0)
+    _same_search(si, local, local.vectors(q), 8, q)
 
 
 @pytest.mark.parametrize(
@@ -959,11 +965,7 @@ def _pools(d: Data, U: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_ray_backend_search_vectors_and_sums_equal_local_backend(data, pair):
     rb, lb = pair
     q = _queries(data)
-    xq = lb.vectors(q)
-    D, I = rb.search(xq, 10, exclude_ids=q)
-    D0, I0 = lb.search(xq, 10, q)
-    np.testing.assert_array_equal(I, I0)
-    np.testing.assert_array_equal(D, D0)
+    I = _same_search(rb, lb, lb.vectors(q), 10, q)
     assert not np.isin(I, data.test_ids).any()  # neighbours among the train rows only
     np.testing.assert_array_equal(rb.vectors(q), lb.vectors(q))
     for ids in (q, data.train_ids[::3], data.edges[1], data.edges[2]):
