@@ -76,7 +76,8 @@ mutate: setup
 	$(PY) benchmarks/mutation_report.py --modules $(MUTATE)
 
 # a seeded uniform sample of SAMPLE mutants per module (the whole core list is about a day of two cores):
-# an unbiased score estimate per module with its 95% interval, in TESTING.md beside the full table
+# an unbiased score estimate per module with its 95% interval, in TESTING.md beside the full table; each seed's
+# draw is kept in benchmarks/mutation_sample.json (a new seed re-measures after tests were written for a draw)
 SAMPLE ?= 40
 SAMPLE_SEED ?= 0
 mutate-sample: setup

@@ -24,10 +24,14 @@ not detected.
 
 Sampled score (``make mutate-sample``): checking every core mutant is about a day of two cores, so
 ``--sample N --seed S`` draws N mutants per module uniformly at random (those whose seeded hash of their
-name is lowest, so editing one function leaves the rest of the draw as it was), writes the draw to ``benchmarks/mutation_sample.json`` and prints the drawn mutants that have no
-verdict yet (to pass to ``mutmut run``). While that file exists the report adds, per module, the estimate
-from the drawn mutants: detected / (checked - equivalent) of the sample, with a 95% Wilson interval. The
-estimate is unbiased only because the draw ignores how fast a mutant's tests are, unlike mutmut's own order.
+name is lowest, so editing one function leaves the rest of the draw as it was), adds the draw to
+``benchmarks/mutation_sample.json`` (replacing an earlier draw with the same seed, keeping the others) and
+prints the drawn mutants that have no verdict yet (to pass to ``mutmut run``). While that file exists the
+report adds, per draw and module, the estimate from the drawn mutants: detected / (checked - equivalent) of
+the sample, with a 95% Wilson interval. The estimate is unbiased only because the draw ignores how fast a
+mutant's tests are, unlike mutmut's own order, and only for tests written before the draw was run: tests
+written to kill a draw's survivors raise that draw's score more than the module's, so a new seed measures
+the module again (a draw's table counts how many of its mutants an earlier seed drew too).
 """
 
 from __future__ import annotations
@@ -248,6 +252,30 @@ def draw_sample(
     return {module: sorted(sorted(results.get(module, {}), key=rank)[:n]) for module in modules}
 
 
+def load_draws(path: Path) -> list[dict[str, Any]]:
+    """The draws kept in a sample file, by seed (none when it does not exist).
+
+    Raises ValueError naming the file when it is not a sample file. A file from before draws were kept side
+    by side (one draw: ``n``, ``seed``, ``modules``) reads as that one draw.
+    """
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        draws = data["draws"] if isinstance(data, dict) and "draws" in data else [data]
+        for d in draws:
+            if not (
+                isinstance(d["n"], int) and isinstance(d["seed"], int) and isinstance(d["modules"], dict)
+            ):
+                raise TypeError
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{path}: not a sample file (JSON with draws of n, seed and modules); move it away or pass "
+            "another --sample-file"
+        ) from exc
+    return sorted(draws, key=lambda d: d["seed"])
+
+
 def sample_rows(report: dict[str, Any], sample: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per module, the counts of the drawn mutants and the estimate with its 95% interval."""
     status = report["status"]
@@ -301,12 +329,16 @@ def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
             score += f" (partial: {row['checked']} of {row['total']} checked)"
         cells = [row[c] for c in ("total", "killed", "timeout", "crashed", "survived", "equivalent")]
         lines.append(_md_row(path, *cells, row["no tests"], row["not checked"], score))
-    if report.get("sample"):
-        sample = report["sample"]
+    for sample in report.get("samples", []):
+        earlier = (
+            f"; {sample['also_earlier']} of them drawn by an earlier seed too"
+            if sample["also_earlier"]
+            else ""
+        )
         lines += [
             "",
             f"Sampled estimate (`make mutate-sample`: {sample['n']} mutants drawn per module with seed "
-            f"{sample['seed']}, uniformly, whatever their tests cost; 95% Wilson interval):",
+            f"{sample['seed']}, uniformly, whatever their tests cost{earlier}; 95% Wilson interval):",
             "",
             "| module | drawn | checked | detected | survived | equivalent | no tests | estimate | 95% interval |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -415,11 +447,15 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        try:
+            draws = [d for d in load_draws(a.sample_file) if d["seed"] != a.seed]
+        except ValueError as exc:
+            print(f"mutation_report: error: {exc}", file=sys.stderr)
+            return 2
         drawn = draw_sample(results, modules, a.sample, a.seed)
+        draws = sorted([*draws, {"n": a.sample, "seed": a.seed, "modules": drawn}], key=lambda d: d["seed"])
         a.sample_file.parent.mkdir(parents=True, exist_ok=True)
-        a.sample_file.write_text(
-            json.dumps({"n": a.sample, "seed": a.seed, "modules": drawn}, indent=1) + "\n"
-        )
+        a.sample_file.write_text(json.dumps({"draws": draws}, indent=1) + "\n")
         for module, names in drawn.items():
             for name in names:
                 if results[module].get(name) is None:
@@ -433,11 +469,26 @@ def main(argv: list[str] | None = None) -> int:
                 if status_of(code) == want:
                     print(name)
         return 0
+    try:
+        draws = load_draws(a.sample_file)
+    except ValueError as exc:
+        print(f"mutation_report: error: {exc}", file=sys.stderr)
+        return 2
     report = build(modules, a.mutants, a.equivalent)
-    if a.sample_file.exists():
-        sample = json.loads(a.sample_file.read_text())
-        sample["modules"] = {m: v for m, v in sample["modules"].items() if m in modules}
-        report["sample"] = {"n": sample["n"], "seed": sample["seed"], "rows": sample_rows(report, sample)}
+    report["samples"] = []
+    seen: set[str] = set()
+    for draw in draws:
+        draw["modules"] = {m: v for m, v in draw["modules"].items() if m in modules}
+        names = {n for v in draw["modules"].values() for n in v}
+        report["samples"].append(
+            {
+                "n": draw["n"],
+                "seed": draw["seed"],
+                "also_earlier": len(names & seen),
+                "rows": sample_rows(report, draw),
+            }
+        )
+        seen |= names
     report.pop("status")
     try:
         from importlib.metadata import version

@@ -131,7 +131,7 @@ def test_sample_command_writes_the_draw_and_prints_only_mutants_without_a_verdic
         ]
     )
     assert rc == 0
-    drawn = json.loads(out.read_text())
+    (drawn,) = json.loads(out.read_text())["draws"]
     assert drawn["n"] == 6 and drawn["seed"] == 3 and len(drawn["modules"]["pool"]) == 6
     printed = capsys.readouterr().out.split()
     assert printed == [n for n in drawn["modules"]["pool"] if codes[n] is None]
@@ -155,7 +155,8 @@ def test_sample_command_writes_the_draw_and_prints_only_mutants_without_a_verdic
     )
     assert rc == 0
     report = json.loads((tmp_path / "m.json").read_text())
-    row = report["sample"]["rows"]["pool"]
+    (sample,) = report["samples"]
+    row = sample["rows"]["pool"]
     killed = sum(1 for n in drawn["modules"]["pool"] if codes[n] == 1)
     assert row["detected"] == killed and row["not checked"] == 6 - killed
     assert "Sampled estimate" in testing.read_text()
@@ -235,3 +236,71 @@ def test_outside_mutmut_no_test_is_deselected(monkeypatch) -> None:
     items = [_Item("k1", True)]
     deselect_kill_tests(_Config(), items)
     assert [i.nodeid for i in items] == ["k1"]
+
+
+def _draw(tmp_path: Path, mutants: Path, out: Path, n: int, seed: int) -> int:
+    return mr.main(
+        ["--mutants", str(mutants), "--modules", "pool", "--sample", str(n), "--seed", str(seed)]
+        + ["--sample-file", str(out)]
+    )
+
+
+def test_a_new_seed_is_kept_beside_the_earlier_draws_and_reported_with_its_overlap(
+    tmp_path: Path, capsys
+) -> None:
+    names = _names("pool", 30)
+    mutants = _fake_mutants(
+        tmp_path / "mutants", {"pool": {n: (1 if i % 2 else 0) for i, n in enumerate(names)}}
+    )
+    out = tmp_path / "sample.json"
+    assert _draw(tmp_path, mutants, out, 10, 0) == 0
+    first = json.loads(out.read_text())["draws"]
+    assert _draw(tmp_path, mutants, out, 10, 1) == 0
+    draws = json.loads(out.read_text())["draws"]
+    assert [d["seed"] for d in draws] == [0, 1] and draws[0] == first[0]
+    # drawing a seed again replaces that seed's draw only
+    assert _draw(tmp_path, mutants, out, 5, 0) == 0
+    again = json.loads(out.read_text())["draws"]
+    assert [(d["seed"], d["n"]) for d in again] == [(0, 5), (1, 10)] and again[1] == draws[1]
+    rc = mr.main(
+        ["--mutants", str(mutants), "--modules", "pool", "--sample-file", str(out)]
+        + ["--out", str(tmp_path / "m.json"), "--testing", str(tmp_path / "T.md")]
+        + ["--equivalent", str(tmp_path / "none.json")]
+    )
+    assert rc == 0
+    samples = json.loads((tmp_path / "m.json").read_text())["samples"]
+    overlap = len(set(again[0]["modules"]["pool"]) & set(again[1]["modules"]["pool"]))
+    assert [s["seed"] for s in samples] == [0, 1]
+    assert samples[0]["also_earlier"] == 0 and samples[1]["also_earlier"] == overlap
+    for s, d in zip(samples, again, strict=True):
+        killed = sum(1 for n in d["modules"]["pool"] if names.index(n) % 2)
+        assert s["rows"]["pool"]["detected"] == killed and s["rows"]["pool"]["drawn"] == d["n"]
+    text = (tmp_path / "T.md").read_text()
+    assert "with seed 0," in text and "with seed 1," in text
+
+
+def test_a_one_draw_file_from_before_still_reads(tmp_path: Path) -> None:
+    old = tmp_path / "sample.json"
+    old.write_text(json.dumps({"n": 2, "seed": 4, "modules": {"pool": ["a", "b"]}}))
+    assert mr.load_draws(old) == [{"n": 2, "seed": 4, "modules": {"pool": ["a", "b"]}}]
+    assert mr.load_draws(tmp_path / "absent.json") == []
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", "[]", '{"draws": [{"n": 2}]}', '{"n": "2", "seed": 0, "modules": {}}']
+)
+@pytest.mark.parametrize("drawing", [True, False])
+def test_a_file_that_is_not_a_sample_is_named_and_left_alone(
+    tmp_path: Path, capsys, content: str, drawing: bool
+) -> None:
+    mutants = _fake_mutants(tmp_path / "mutants", {"pool": dict.fromkeys(_names("pool", 3))})
+    bad = tmp_path / "sample.json"
+    bad.write_text(content)
+    args = ["--mutants", str(mutants), "--modules", "pool", "--sample-file", str(bad)]
+    args += ["--out", str(tmp_path / "m.json"), "--testing", str(tmp_path / "T.md")]
+    rc = mr.main(args + (["--sample", "2"] if drawing else []))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "not a sample file" in err and len(err.strip().splitlines()) == 1
+    assert bad.read_text() == content
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "T.md").exists()
