@@ -16,11 +16,12 @@ import torch
 
 from seals_gpu.config import RunConfig
 from seals_gpu.driver import Run, run
-from seals_gpu.errors import IndexError_, SealsError
+from seals_gpu.errors import ConfigError, IndexError_, SealsError
 from seals_gpu.index.shard import IndexShard, train_ivfpq
 from seals_gpu.oracle import SimulatedOracle
 from seals_gpu.retrieve import top_n_stream
-from seals_gpu.scoring import TopB
+from seals_gpu.scoring import TopB, score_candidates, score_select
+from seals_gpu.split import ABSENT, TEST, TRAIN, ShardSplit, Split
 from seals_gpu.synth import make_synthetic_store
 
 
@@ -91,6 +92,28 @@ def test_an_oracle_answering_the_wrong_number_of_labels_is_named(synth, tmp_path
         r.start()
 
 
+def test_a_concept_with_no_positive_in_the_store_is_named_with_the_fix(synth, tmp_path) -> None:
+    """A concept id the store's labels never mention stops the run before anything is written, naming the
+    concept and the store (kills ``Run.__init__`` mutant 213: an error with no message)."""
+    cfg = RunConfig(
+        store=str(synth.path),
+        store_fingerprint=synth.fingerprint,
+        concepts=(0, 987654),
+        strategies=("maxent",),
+        modes=("seals",),
+        budget=30,
+        batch=10,
+        k=5,
+        seed_positives=2,
+        seed_negatives=8,
+    )
+    with pytest.raises(
+        ConfigError, match=rf"concept 987654 has no positives in {synth.path}; check the concept"
+    ):
+        Run(cfg, tmp_path / "r", store=synth, progress=False, log=lambda *_: None)
+    assert not (tmp_path / "r").exists()
+
+
 # ------------------------------------------------------------------------------------------- index.shard
 def test_an_ivfpq_shard_without_its_faiss_file_names_it(tmp_path) -> None:
     """Loading an IVF-PQ shard whose ``index.faiss`` is gone names that file and says to rebuild (kills
@@ -136,3 +159,37 @@ def test_a_top_n_over_no_rows_is_all_padding() -> None:
         assert top.counts.tolist() == [0, 0, 0]
         assert top.ids.dtype == torch.int64 and top.scores.dtype == torch.float32
         assert (top.ids == -1).all() and torch.isneginf(top.scores).all()
+
+
+@pytest.mark.parametrize(("rows", "ids", "named"), [("float", "int", "rows"), ("int", "bool", "ids")])
+def test_candidate_rows_and_ids_that_are_not_integers_are_named(rows: str, ids: str, named: str) -> None:
+    """Float row positions or bool ids are refused (not truncated or read as 0/1), the message naming the
+    argument and its dtype (kills ``_check_batch`` mutant 20: an error with no message)."""
+    emb = torch.from_numpy(_unit(10, 4))
+    dtypes = {"int": torch.int64, "float": torch.float32, "bool": torch.bool}
+    r = torch.tensor([0, 1, 2]).to(dtypes[rows])
+    i = torch.tensor([5, 6, 7]).to(dtypes[ids])
+    unit = (torch.zeros(1, 4), torch.zeros(1), torch.zeros(1, dtype=torch.int64), None, 1.0)
+    offsets = torch.tensor([0, 3])
+    bad = str(dtypes[ids if named == "ids" else rows])
+    with pytest.raises(ValueError, match=rf"^{named} must be int64, got {bad}$"):
+        score_select(emb, r, i, offsets, *unit, 2, backend="torch")
+    if named == "rows":
+        with pytest.raises(ValueError, match=rf"^rows must be int64, got {bad}$"):
+            score_candidates(emb, r, offsets, *unit, backend="torch")
+
+
+# ------------------------------------------------------------------------------------------------- split
+def test_a_shard_holding_a_single_id_owns_it() -> None:
+    """A shard of one id (its range is a single point) answers for that id like any other shard: the id's
+    train/test code comes back, not ABSENT (kills ``Split._owner`` mutant 3: one-id shards taken as
+    empty)."""
+    parts = [
+        ShardSplit(np.array([-(2**62)]), np.array([True])),
+        ShardSplit(np.array([3, 4, 9]), np.array([False, True, False])),
+        ShardSplit(np.empty(0, np.int64), np.empty(0, bool)),
+        ShardSplit(np.array([2**62]), np.array([False])),
+    ]
+    split = Split.of_parts(parts)
+    asked = np.array([2**62, -(2**62), 4, 5, 3, -(2**62) + 1], dtype=np.int64)
+    assert split.codes(asked).tolist() == [TRAIN, TEST, TEST, ABSENT, TRAIN, ABSENT]
