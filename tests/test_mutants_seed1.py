@@ -22,6 +22,7 @@ from seals_gpu.oracle import SimulatedOracle
 from seals_gpu.retrieve import top_n_stream
 from seals_gpu.scoring import TopB, score_candidates, score_select
 from seals_gpu.split import ABSENT, TEST, TRAIN, ShardSplit, Split
+from seals_gpu.strategies import select_topk, select_topk_segmented
 from seals_gpu.synth import make_synthetic_store
 
 
@@ -127,6 +128,17 @@ def test_an_ivfpq_shard_without_its_faiss_file_names_it(tmp_path) -> None:
         IndexShard.load(tmp_path / "s", kind="ivfpq")
 
 
+def test_a_flat_shard_with_fewer_vectors_than_ids_is_refused() -> None:
+    """Ids and vectors must pair up row for row: a flat shard given one vector fewer than ids is refused
+    with both shapes (kills ``IndexShard.__init__`` mutant 3: ``or`` turned ``and`` let it through, and the
+    last id then had no vector)."""
+    x = _unit(10, 8)
+    with pytest.raises(IndexError_, match=r"shard ids \(10,\) and vectors \(9, 8\) disagree"):
+        IndexShard.build(np.arange(10, dtype=np.int64), x[:9], kind="flat")
+    with pytest.raises(IndexError_, match=r"disagree"):
+        IndexShard.build(np.arange(10, dtype=np.int64), x[:, 0], kind="flat")
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivfpq"])
 def test_no_queries_or_an_empty_shard_give_float32_minus_inf_and_minus_1(kind: str) -> None:
     """No query, or a shard holding no item, still answers with the documented arrays: float32 ``-inf``
@@ -177,6 +189,22 @@ def test_candidate_rows_and_ids_that_are_not_integers_are_named(rows: str, ids: 
     if named == "rows":
         with pytest.raises(ValueError, match=rf"^rows must be int64, got {bad}$"):
             score_candidates(emb, r, offsets, *unit, backend="torch")
+
+
+# ---------------------------------------------------------------------------------------------- strategies
+def test_integer_scores_rank_and_float32_scores_come_back_float32() -> None:
+    """Scores of any real dtype rank the same way: integer scores (counts, votes) are accepted by both
+    selections and ranked like their float values; float32 scores come back float32 from the segmented
+    selection, unwidened (kills ``_rank_scores`` mutant 1: integers refused, float32 widened)."""
+    ids = torch.tensor([40, 10, 30, 20, 50], dtype=torch.int64)
+    ints = torch.tensor([3, 7, 7, -2, 0], dtype=torch.int32)
+    assert select_topk(ints, ids, 3).tolist() == [10, 30, 40]
+    sel_ids, sel_scores, counts = select_topk_segmented(ints, ids, torch.tensor([0, 2, 5]), 2)
+    assert sel_ids.tolist() == [[10, 40], [30, 50]] and counts.tolist() == [2, 2]
+    assert sel_scores.tolist() == [[7.0, 3.0], [7.0, 0.0]]
+    f32 = ints.to(torch.float32)
+    _, sel_scores, _ = select_topk_segmented(f32, ids, torch.tensor([0, 2, 5]), 2)
+    assert sel_scores.dtype == torch.float32 and sel_scores.tolist() == [[7.0, 3.0], [7.0, 0.0]]
 
 
 # ------------------------------------------------------------------------------------------------- split
