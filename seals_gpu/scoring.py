@@ -582,8 +582,12 @@ def _use_cuda(backend: str, emb: torch.Tensor, b: int, cdt: torch.dtype) -> bool
 
 
 def _check_emb(emb: torch.Tensor) -> None:
-    if not isinstance(emb, torch.Tensor) or emb.dim() != 2:
-        raise ValueError(f"emb must be a 2-D tensor (N, d), got {getattr(emb, 'shape', type(emb))}")
+    if not isinstance(emb, torch.Tensor):
+        raise ValueError(
+            f"emb must be a 2-D torch.Tensor (N, d), got {type(emb).__name__}; use torch.from_numpy"
+        )
+    if emb.dim() != 2:
+        raise ValueError(f"emb must be a 2-D tensor (N, d), got shape {tuple(emb.shape)}")
     if not emb.is_floating_point():
         raise ValueError(f"emb must be floating point, got {emb.dtype}")
 

@@ -271,7 +271,10 @@ class Store:
                         f"{f}: column 'labels' holds {lt.value_type}, expected int64 or string concept ids"
                     )
                 if self.label_kind is not None and kind != self.label_kind:
-                    raise StoreError(f"{f}: 'labels' are {kind} here but {self.label_kind} in other files")
+                    raise StoreError(
+                        f"{f}: 'labels' are {kind} here but {self.label_kind} in other files; "
+                        "use one kind of concept id (int64 or string) in every file"
+                    )
                 self.label_kind = kind
             if "split" in schema.names:
                 st = schema.field("split").type
@@ -812,8 +815,15 @@ class StoreWriter:
             cols["labels"] = _labels_array(labels)
         if split is not None:
             s = np.asarray(split, dtype=object)
-            if s.shape != (ids.size,) or not np.isin(s, ["train", "test"]).all():
-                raise StoreError("split must hold one of 'train'/'test' per row")
+            if s.shape != (ids.size,):
+                raise StoreError(
+                    f"split has shape {s.shape}, expected ({ids.size},): one of 'train'/'test' per row"
+                )
+            bad = np.flatnonzero(~np.isin(s, ["train", "test"]))
+            if bad.size:
+                raise StoreError(
+                    f"split holds {s[bad[0]]!r} at row {int(bad[0])}; each row's split must be 'train' or 'test'"
+                )
             cols["split"] = pa.array(s.tolist(), type=pa.string())
         for k, v in (extra or {}).items():  # Arrow arrays keep their type; anything else is inferred
             cols[k] = v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(list(v))

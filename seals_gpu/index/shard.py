@@ -129,7 +129,10 @@ class IndexShard:
                 "them) by id and drop repeats before building a shard"
             )
         if kind == "ivfpq" and faiss_index is None:
-            raise IndexError_("an ivfpq shard needs its FAISS index")
+            raise IndexError_(
+                "an ivfpq shard needs its FAISS index; build it with IndexShard.build(ids, vectors, "
+                'kind="ivfpq", trained=train_ivfpq(...)) or pass faiss_index='
+            )
         self.ids = ids
         self.vectors = vectors
         self.kind = kind
