@@ -37,6 +37,7 @@ the module again (a draw's table counts how many of its mutants an earlier seed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -215,8 +216,9 @@ def wilson(detected: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 
 def generate_mutants() -> None:
-    """Have mutmut write ``mutants/`` (the mutated copy and each module's list of mutants) without running
-    anything: the first step of ``mutmut run``, so a sample can be drawn on a machine that never ran it.
+    """Have mutmut write or update ``mutants/`` (the mutated copy and each module's list of mutants; only the
+    files whose source changed are mutated again) without running anything: the first step of ``mutmut
+    run``, so a sample is drawn from today's code, also on a machine that never ran mutmut.
     Uses mutmut 3.8's own functions (``pyproject.toml`` pins mutmut < 4)."""
     from mutmut.__main__ import (
         copy_also_copy_files,
@@ -227,13 +229,24 @@ def generate_mutants() -> None:
         store_lines_covered_by_tests,
     )
 
-    set_mutant_under_test("mutant_generation")
-    Path("mutants").mkdir(exist_ok=True)
-    copy_src_dir()
-    copy_also_copy_files()
-    setup_source_paths()
-    store_lines_covered_by_tests()
-    create_mutants(os.cpu_count() or 1)
+    # mutmut reports its progress on stdout, where --sample prints the names to run: send it to stderr
+    # (at the descriptor, for the worker processes too)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            set_mutant_under_test("mutant_generation")
+            Path("mutants").mkdir(exist_ok=True)
+            copy_src_dir()
+            copy_also_copy_files()
+            setup_source_paths()
+            store_lines_covered_by_tests()
+            create_mutants(os.cpu_count() or 1)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def draw_sample(
@@ -436,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.chdir(ROOT)  # mutmut's diff helpers read mutants/ and the sources relative to the project root
     if a.sample is not None:
-        if not any((a.mutants / PACKAGE).rglob("*.py.meta")) and a.mutants.resolve() == (ROOT / "mutants"):
-            generate_mutants()
+        if a.mutants.resolve() == (ROOT / "mutants"):
+            generate_mutants()  # a draw from a stale copy would name mutants of code that changed since
         results = load_results(a.mutants)
         missing = [m for m in modules if not results.get(m)]
         if missing:

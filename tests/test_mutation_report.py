@@ -304,3 +304,41 @@ def test_a_file_that_is_not_a_sample_is_named_and_left_alone(
     assert str(bad) in err and "not a sample file" in err and len(err.strip().splitlines()) == 1
     assert bad.read_text() == content
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "T.md").exists()
+
+
+def test_mutmuts_progress_goes_to_stderr_while_mutants_are_written(
+    tmp_path: Path, monkeypatch, capfd
+) -> None:
+    """``--sample`` prints the mutant names to run on stdout (the Makefile passes them to mutmut), and first
+    has mutmut bring ``mutants/`` up to date, which reports on stdout: that report must go to stderr, from
+    worker processes too, and stdout must work again afterwards."""
+    mm = pytest.importorskip("mutmut.__main__")
+    import subprocess
+
+    calls: list[str] = []
+
+    def fake(name: str):
+        def f(*_a, **_k) -> None:
+            calls.append(name)
+            print(f"mutmut says {name}")
+            if name == "create_mutants":
+                subprocess.run([sys.executable, "-c", "print('a worker says hi')"], check=True)
+
+        return f
+
+    for name in (
+        "copy_also_copy_files",
+        "copy_src_dir",
+        "create_mutants",
+        "set_mutant_under_test",
+        "setup_source_paths",
+        "store_lines_covered_by_tests",
+    ):
+        monkeypatch.setattr(mm, name, fake(name))
+    monkeypatch.chdir(tmp_path)
+    mr.generate_mutants()
+    print("names follow")
+    out, err = capfd.readouterr()
+    assert out == "names follow\n"
+    assert "mutmut says create_mutants" in err and "a worker says hi" in err
+    assert calls[-1] == "create_mutants" and (tmp_path / "mutants").is_dir()
