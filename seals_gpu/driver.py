@@ -624,11 +624,10 @@ class Run(Selection):
             t1 = time.perf_counter()
             self._checkpoint()
             T["checkpoint"] += time.perf_counter() - t1
-        if bar is not None:
-            if r > 0:
-                last = [m for m in self.metrics if m["round"] == r]
-                aps = [m["test_ap"] for m in last if m["test_ap"] == m["test_ap"]]
-                bar.set_postfix(mean_ap=f"{np.mean(aps):.3f}" if aps else "nan")
+        if bar is not None:  # the mean test AP of the round just recorded, the seed round's included
+            last = [m for m in self.metrics if m["round"] == r]
+            aps = [m["test_ap"] for m in last if m["test_ap"] == m["test_ap"]]
+            bar.set_postfix(mean_ap=f"{np.mean(aps):.3f}" if aps else "nan")
             bar.update(1)
 
     def _ask(

@@ -350,3 +350,12 @@ def test_the_rounds_bar_counts_every_round_once(synth, tmp_path, capsys):
     assert re.search(rf"\b{n}/{n}\b", frames[-1]), frames[-1]
     counts = [tuple(map(int, m)) for f in frames for m in re.findall(r"(\d+)/(\d+)", f)]
     assert counts and all(a <= b == n for a, b in counts)
+    # each round's mean test AP is shown once it is recorded, the seed round's included, the last one's last
+    m = pq.read_table(tmp_path / "r" / "metrics.parquet").to_pydict()
+    shown = [re.search(r"mean_ap=(\d\.\d{3}|nan)", f) for f in frames]
+    shown = [s.group(1) for s in shown if s]
+    aps = [
+        f"{np.mean([a for a, r in zip(m['test_ap'], m['round'], strict=True) if r == k]):.3f}"
+        for k in range(n)
+    ]
+    assert shown and shown[0] == aps[0] and shown[-1] == aps[-1] and set(aps) <= set(shown), (aps, shown)
