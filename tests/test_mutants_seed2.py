@@ -18,6 +18,7 @@ import torch
 from seals_gpu import scoring
 from seals_gpu.cli import main
 from seals_gpu.errors import ConfigError, StoreError
+from seals_gpu.learner import fit_logistic, fit_logistic_units
 from seals_gpu.oracle import SimulatedOracle
 from seals_gpu.scoring import pq_logits, score_all
 from seals_gpu.store import Store, write_store
@@ -61,6 +62,39 @@ def test_items_beyond_the_known_seed_labels_are_labeled_by_the_oracle(tmp_path: 
     assert np.array_equal(got, want)
     later = np.array(sel["round"]) > 0
     assert got[later].any(), "the rounds after the seed found no positive: the test would not see the oracle"
+
+
+# ----------------------------------------------------------------------------------------------- learner
+def test_a_unit_with_one_labeled_row_is_fitted_like_any_other() -> None:
+    """A unit with a single labeled row is fitted (not left at zero), exactly as the padded solver fits it
+    (kills ``_solve_units`` mutant 22: units of one row skipped)."""
+    rng = np.random.default_rng(0)
+    d = 6
+    xs = [rng.normal(size=(1, d)), rng.normal(size=(40, d))]
+    ys = [np.array([1]), (rng.random(40) < 0.3).astype(np.int64)]
+    got = fit_logistic_units(xs, ys)
+    X = np.zeros((2, 40, d))
+    X[0, :1], X[1] = xs
+    y = np.zeros((2, 40))
+    y[0, :1], y[1] = ys
+    mask = np.zeros((2, 40), dtype=bool)
+    mask[0, :1] = mask[1] = True
+    want = fit_logistic(torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(mask), method="lbfgs")
+    assert torch.equal(got.W, want.W) and torch.equal(got.b, want.b)
+    assert bool((got.W[0] != 0).any()) and float(got.b[0]) > 0 and int(got.n_iter[0]) >= 1
+
+
+def test_max_iter_caps_the_lbfgs_steps_and_reports_them() -> None:
+    """``max_iter`` caps each unit's L-BFGS steps; a unit stopped by it reports that many steps and not
+    converged, one that converges reports the steps it took (kills ``_lbfgs_run`` mutant 481: the step
+    counter stuck at 1, so the cap never applied)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 12))
+    y = (x @ rng.normal(size=12) + rng.normal(size=200) > 0).astype(np.int64)
+    capped = fit_logistic_units([x], [y], max_iter=2)
+    assert capped.n_iter.tolist() == [2] and capped.converged.tolist() == [False]
+    free = fit_logistic_units([x], [y])
+    assert free.converged.tolist() == [True] and int(free.n_iter[0]) > 2
 
 
 # ----------------------------------------------------------------------------------------------- scoring
