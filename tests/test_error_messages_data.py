@@ -13,7 +13,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from seals_gpu.cli import main
@@ -22,6 +21,8 @@ from seals_gpu.index.shard import IndexShard
 from seals_gpu.split import TEST, TRAIN, ShardSplit, Split, store_split
 from seals_gpu.store import Store, StoreWriter, write_store
 
+from .test_bad_input import _store_of, _table
+
 DIM = 4
 
 
@@ -29,24 +30,6 @@ DIM = 4
 def _unit(n: int, d: int = DIM, seed: int = 0) -> np.ndarray:
     x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def _part(n: int, *, first_id: int = 0, **cols: pa.Array | None) -> pa.Table:
-    """One store file's columns: id, embedding, int labels, plus ``cols`` (None drops a column)."""
-    base: dict[str, pa.Array | None] = {
-        "id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(_unit(n, seed=first_id).ravel()), DIM),
-        "labels": pa.array([[i % 2] for i in range(n)], type=pa.list_(pa.int64())),
-    }
-    base.update(cols)
-    return pa.table({k: v for k, v in base.items() if v is not None})
-
-
-def _store_of(folder: Path, *tables: pa.Table) -> Path:
-    folder.mkdir(parents=True)
-    for i, t in enumerate(tables):
-        pq.write_table(t, folder / f"part-{i:05d}.parquet")
-    return folder
 
 
 def _refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -173,8 +156,8 @@ def test_a_store_with_int_labels_in_one_file_and_string_labels_in_another_is_ref
     another) exits 2 naming the file and both kinds (kills raise-message mutants of Store.__init__)."""
     store = _store_of(
         tmp_path / "s",
-        _part(5),
-        _part(5, first_id=5, labels=pa.array([["a"]] * 5, type=pa.list_(pa.string()))),
+        _table(5),
+        _table(5, first_id=5, labels=pa.array([["a"]] * 5, type=pa.list_(pa.string()))),
     )
     line = _refused(["store", "info", str(store)], capsys)
     assert "part-00001.parquet: 'labels' are str here but int in other files; use one kind" in line, line
@@ -185,7 +168,7 @@ def test_a_split_column_that_is_not_strings_is_refused(
 ) -> None:
     """`store info` on a store whose 'split' column holds integers exits 2 naming the file, the column's type
     and the type expected ('train'/'test' strings) (kills raise-message mutants of Store.__init__)."""
-    store = _store_of(tmp_path / "s", _part(5, split=pa.array(np.zeros(5, dtype=np.int64))))
+    store = _store_of(tmp_path / "s", _table(5, split=pa.array(np.zeros(5, dtype=np.int64))))
     line = _refused(["store", "info", str(store)], capsys)
     assert "part-00000.parquet: column 'split' has type int64, expected string ('train'/'test')" in line, line
 
@@ -195,7 +178,7 @@ def test_a_split_column_in_some_files_only_is_refused(
 ) -> None:
     """`store info` on a store whose split column is in some files only exits 2 naming the file and saying to
     add it to all or none (kills raise-message mutants of Store.__init__)."""
-    store = _store_of(tmp_path / "s", _part(5), _part(5, first_id=5, split=pa.array(["train"] * 5)))
+    store = _store_of(tmp_path / "s", _table(5), _table(5, first_id=5, split=pa.array(["train"] * 5)))
     line = _refused(["store", "info", str(store)], capsys)
     assert "part-00001.parquet: 'split' column present in some files only; add it to all or none" in line, (
         line

@@ -44,6 +44,22 @@ def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def _config(store, concepts: tuple[int, ...]) -> RunConfig:
+    """A small SEALS MaxEnt run over ``store``: 3 rounds of 10 after a seed set of 2 + 8."""
+    return RunConfig(
+        store=str(store.path),
+        store_fingerprint=store.fingerprint,
+        concepts=concepts,
+        strategies=("maxent",),
+        modes=("seals",),
+        budget=30,
+        batch=10,
+        k=5,
+        seed_positives=2,
+        seed_negatives=8,
+    )
+
+
 def test_each_units_seconds_add_up_to_the_runs_timings(synth, tmp_path) -> None:
     """metrics.parquet splits each round's fit, pool-growth and selection time between the units that spent
     it: summed over units and rounds they give the run's own totals, whatever the number of SEALS units
@@ -76,18 +92,7 @@ def test_an_oracle_answering_the_wrong_number_of_labels_is_named(synth, tmp_path
             return super().label(concept, ids)[:-1]
 
     truth = synth.concept_positives([0])
-    cfg = RunConfig(
-        store=str(synth.path),
-        store_fingerprint=synth.fingerprint,
-        concepts=(0,),
-        strategies=("maxent",),
-        modes=("seals",),
-        budget=30,
-        batch=10,
-        k=5,
-        seed_positives=2,
-        seed_negatives=8,
-    )
+    cfg = _config(synth, (0,))
     r = Run(cfg, tmp_path / "r", store=synth, oracle=Short(truth), progress=False, log=lambda *_: None)
     with pytest.raises(SealsError, match=r"the oracle returned \(9,\) labels for \(10,\) ids"):
         r.start()
@@ -96,18 +101,7 @@ def test_an_oracle_answering_the_wrong_number_of_labels_is_named(synth, tmp_path
 def test_a_concept_with_no_positive_in_the_store_is_named_with_the_fix(synth, tmp_path) -> None:
     """A concept id the store's labels never mention stops the run before anything is written, naming the
     concept and the store (kills ``Run.__init__`` mutant 213: an error with no message)."""
-    cfg = RunConfig(
-        store=str(synth.path),
-        store_fingerprint=synth.fingerprint,
-        concepts=(0, 987654),
-        strategies=("maxent",),
-        modes=("seals",),
-        budget=30,
-        batch=10,
-        k=5,
-        seed_positives=2,
-        seed_negatives=8,
-    )
+    cfg = _config(synth, (0, 987654))
     with pytest.raises(
         ConfigError, match=rf"concept 987654 has no positives in {synth.path}; check the concept"
     ):
