@@ -18,6 +18,7 @@ import torch
 from seals_gpu import scoring
 from seals_gpu.cli import main
 from seals_gpu.errors import ConfigError, StoreError
+from seals_gpu.index.shard import IndexShard
 from seals_gpu.learner import fit_logistic, fit_logistic_units
 from seals_gpu.oracle import SimulatedOracle
 from seals_gpu.scoring import pq_logits, score_all
@@ -142,6 +143,19 @@ def test_asking_for_the_cuda_pq_kernel_with_codes_on_the_cpu_names_the_device() 
     assert pq_logits(*args, backend="torch").shape == (3,)
     with pytest.raises(ConfigError, match=r"backend='cuda' needs codes on a cuda device, got cpu"):
         pq_logits(*args, backend="cuda")
+
+
+# ------------------------------------------------------------------------------------------- index.shard
+def test_the_dense_id_lookup_table_is_no_larger_than_the_ids() -> None:
+    """A shard with dense but not contiguous ids answers positions through a lookup table that costs no more
+    memory than its int64 ids (int32 entries over a span of at most twice their count), and answers right
+    (kills ``IndexShard._position_table`` mutant 53: an int64 table, twice that)."""
+    ids = np.flatnonzero(np.random.default_rng(0).random(3000) < 0.6).astype(np.int64) + 2**40
+    shard = IndexShard.build(ids, _unit(ids.size, 4), kind="flat")
+    asked = ids[::-7]
+    np.testing.assert_array_equal(shard.positions(asked), np.searchsorted(ids, asked))
+    table = shard._position_table()
+    assert table is not None and table.size > 0 and table.nbytes <= ids.nbytes
 
 
 # ------------------------------------------------------------------------------------------------- store
