@@ -22,7 +22,7 @@ from seals_gpu.index.shard import IndexShard
 from seals_gpu.learner import fit_logistic, fit_logistic_units
 from seals_gpu.oracle import SimulatedOracle
 from seals_gpu.scoring import pq_logits, score_all
-from seals_gpu.store import Store, write_store
+from seals_gpu.store import Store, StoreWriter, l2_normalize, write_store
 from seals_gpu.synth import make_synthetic_store
 
 
@@ -195,3 +195,30 @@ def test_validate_names_the_store_holding_a_duplicate_id(tmp_path: Path, capsys)
         Store(folder).validate()
     assert main(["store", "validate", str(folder)]) == 2
     assert f"store {folder}: id 5 appears more than once" in capsys.readouterr().err
+
+
+def test_a_store_writer_never_replaces_an_existing_store_unless_asked(tmp_path: Path) -> None:
+    """Opening a StoreWriter on an existing store is refused unless ``overwrite=True``, and the store is left
+    as it was (kills ``StoreWriter.__init__`` mutant 3: overwriting by default)."""
+    path = tmp_path / "s"
+    write_store(path, np.arange(5), _unit(5, 4))
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    with pytest.raises(StoreError, match="--force"):
+        StoreWriter(path, dim=4)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    with StoreWriter(path, dim=4, overwrite=True) as w:
+        w.write(np.arange(3), _unit(3, 4))
+    assert Store(path).num_rows == 3
+
+
+def test_one_dimensional_embeddings_make_a_store_and_zero_dimensional_ones_are_refused(
+    tmp_path: Path,
+) -> None:
+    """dim=1 is a valid embedding dimension (each vector normalises to +1 or -1); a row of no values is
+    refused as a zero vector, with the store's own error (kills ``StoreWriter.__init__`` mutant 10 and
+    ``l2_normalize`` mutant 33: numpy's error on an empty maximum)."""
+    with StoreWriter(tmp_path / "s", dim=1) as w:
+        w.write(np.arange(4), np.array([[2.0], [-3.0], [0.5], [-1.0]], np.float32))
+    np.testing.assert_array_equal(Store(tmp_path / "s").take([0, 1, 2, 3])[:, 0], [1.0, -1.0, 1.0, -1.0])
+    with pytest.raises(StoreError, match="all-zero vector"):
+        l2_normalize(np.zeros((2, 0), np.float32))
