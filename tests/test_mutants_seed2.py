@@ -222,3 +222,15 @@ def test_one_dimensional_embeddings_make_a_store_and_zero_dimensional_ones_are_r
     np.testing.assert_array_equal(Store(tmp_path / "s").take([0, 1, 2, 3])[:, 0], [1.0, -1.0, 1.0, -1.0])
     with pytest.raises(StoreError, match="all-zero vector"):
         l2_normalize(np.zeros((2, 0), np.float32))
+
+
+def test_a_store_writer_counts_every_row_even_when_the_last_batch_is_empty(tmp_path: Path) -> None:
+    """``StoreWriter.rows`` is the running total, and a final empty batch does not make ``close`` think nothing
+    was written (kills ``StoreWriter.write`` mutant 147: the count reset to the last batch's)."""
+    with StoreWriter(tmp_path / "s", dim=4) as w:
+        w.write(np.arange(3), _unit(3, 4))
+        w.write(np.arange(3, 8), _unit(5, 4, seed=1))
+        assert w.rows == 8
+        w.write(np.empty(0, np.int64), np.empty((0, 4), np.float32))
+        assert w.rows == 8
+    assert Store(tmp_path / "s").num_rows == 8
