@@ -111,9 +111,10 @@ def test_ties_in_a_two_row_block_go_to_the_lower_id() -> None:
 
 
 def test_id_scores_near_float32_underflow_are_selected_as_without_pruning(monkeypatch) -> None:
-    """Information density with a large exponent gives scores far below float32's normal range, where the
-    pruning bound's relative margin no longer holds: there All-mode scoring must keep every pair and select
-    what the unpruned computation selects (kills ``_density_floor`` mutant 6: the guard below 1e-20 lost)."""
+    """Information density with a large exponent gives scores far below float32's normal range: there
+    All-mode scoring with pruning must select exactly what the unpruned computation selects. (Written for
+    ``_density_floor`` mutant 6, which drops the pruning guard below 1e-20; the results stay equal without
+    the guard too, so that mutant is listed equivalent: the floor remains a valid bound.)"""
     rng = np.random.default_rng(0)
     n, d, b = 3000, 16, 20
     x = _unit(n, d, seed=3)
