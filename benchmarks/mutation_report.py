@@ -430,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
     p.add_argument("--sample-file", type=Path, default=ROOT / "benchmarks" / "mutation_sample.json")
     a = p.parse_args(argv)
+    # paths as the caller meant them: the report later works from the project root (os.chdir below)
+    for name in ("mutants", "equivalent", "out", "testing", "sample_file"):
+        setattr(a, name, getattr(a, name).absolute())
     modules = a.modules or CORE
     if a.sample is not None and a.sample < 1:
         print(
@@ -447,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     if not a.mutants.is_dir() and a.sample is None:
         print(f"mutation_report: error: {a.mutants} does not exist; run `make mutate` first", file=sys.stderr)
         return 2
+    try:
+        draws = load_draws(a.sample_file) if a.list is None else []
+    except ValueError as exc:
+        print(f"mutation_report: error: {exc}", file=sys.stderr)
+        return 2
     os.chdir(ROOT)  # mutmut's diff helpers read mutants/ and the sources relative to the project root
     if a.sample is not None:
         if a.mutants.resolve() == (ROOT / "mutants"):
@@ -460,13 +468,9 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        try:
-            draws = [d for d in load_draws(a.sample_file) if d["seed"] != a.seed]
-        except ValueError as exc:
-            print(f"mutation_report: error: {exc}", file=sys.stderr)
-            return 2
         drawn = draw_sample(results, modules, a.sample, a.seed)
-        draws = sorted([*draws, {"n": a.sample, "seed": a.seed, "modules": drawn}], key=lambda d: d["seed"])
+        others = [d for d in draws if d["seed"] != a.seed]
+        draws = sorted([*others, {"n": a.sample, "seed": a.seed, "modules": drawn}], key=lambda d: d["seed"])
         a.sample_file.parent.mkdir(parents=True, exist_ok=True)
         a.sample_file.write_text(json.dumps({"draws": draws}, indent=1) + "\n")
         for module, names in drawn.items():
@@ -482,11 +486,6 @@ def main(argv: list[str] | None = None) -> int:
                 if status_of(code) == want:
                     print(name)
         return 0
-    try:
-        draws = load_draws(a.sample_file)
-    except ValueError as exc:
-        print(f"mutation_report: error: {exc}", file=sys.stderr)
-        return 2
     report = build(modules, a.mutants, a.equivalent)
     report["samples"] = []
     seen: set[str] = set()
