@@ -1248,3 +1248,31 @@ def test_ids_at_both_ends_of_int64_route_to_their_shards(tmp_path, monkeypatch):
         assert rb.index.contains(np.array([I64.min, I64.max, I64.min + 1])).tolist() == [True, True, False]
         assert rb.index.shard_of(np.array([I64.min, I64.max])).tolist() == [0, 1]
         assert rb.split.test.all().tolist() == [I64.min, -1, 0, I64.max]
+
+
+# ------------------------------------------------------------------ written from seed 3's survivors (session 10)
+def test_a_graph_part_may_start_at_a_shards_first_row(data):
+    """``index graph`` asks each shard for its rows in parts, the first from row 0: that part is answered
+    (its first id the shard's id_min, none of its own ids among its neighbours), like any other (kills
+    ``ShardServer.graph_part`` mutant 4: ``0 < start`` refused row 0)."""
+    srv = dist.ShardServer(data.flat / "shard-00001", "flat", None, data.test_ids, "cpu")
+    ids, xq, D, I = srv.graph_part(0, 3, 4)
+    assert ids.tolist() == data.ids[200:203].tolist() and ids[0] == data.edges[1, 0]
+    assert xq.shape == (3, DIM) and D.shape == I.shape == (3, 4)
+    assert not (I == ids[:, None]).any() and np.isfinite(D).all()
+    whole = srv.graph_part(0, 200, 4)
+    np.testing.assert_array_equal(whole[3][:3], I)
+
+
+def test_sharded_index_searches_with_the_settings_its_manifest_holds(data, fake, tmp_path):
+    """An IVF-PQ index built with --nprobe and --rerank is searched with them through Ray as in one
+    process, and a caller's SearchParams still win (kills ``ShardedIndex.__init__`` mutant 87: the
+    manifest's rerank ignored for the default 4)."""
+    path = build_index(
+        data.store, tmp_path / "pq", IndexSpec(kind="ivfpq", nlist=4, pq_m=4, nprobe=3, rerank=7, shards=2)
+    ).path
+    assert all(sh.params == SearchParams(nprobe=3, rerank=7) for sh in LocalIndex.open(path).shards)
+    with dist.ShardedIndex(path) as si:
+        assert si.params == SearchParams(nprobe=3, rerank=7)
+    with dist.ShardedIndex(path, params=SearchParams(nprobe=2, rerank=5)) as si:
+        assert si.params == SearchParams(nprobe=2, rerank=5)

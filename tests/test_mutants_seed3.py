@@ -71,6 +71,28 @@ def test_id_items_within_the_pruning_margin_of_the_bth_score_are_kept(monkeypatc
     assert torch.equal(got.ids, want.ids) and torch.equal(got.scores, want.scores)
 
 
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64, np.int32])
+def test_all_mode_scoring_takes_ids_of_any_integer_dtype(dtype) -> None:
+    """Blocks whose ids come as unsigned or narrower integers (a Parquet column of uint32 ids, say) are
+    scored as their int64 values, exclusions included, and answered as int64 (kills ``score_all`` mutant
+    104: the ids kept in their own dtype, which torch cannot compare for unsigned types)."""
+    rng = np.random.default_rng(0)
+    n, d, b = 500, 8, 10
+    x = _unit(n, d, seed=6)
+    ids = (rng.permutation(n) * 3 + 1).astype(np.int64)
+    W, bias = torch.randn(3, d, generator=torch.Generator().manual_seed(0)), torch.zeros(3)
+    kind = torch.tensor([0, 1, 0], dtype=torch.int8)
+    exclude = [np.sort(ids[:50]), np.empty(0, np.int64), np.sort(ids[100:120])]
+
+    def blocks(dt):
+        return ((ids[s : s + 100].astype(dt), x[s : s + 100]) for s in range(0, n, 100))
+
+    got = score_all(blocks(dtype), W, bias, kind, None, 1.0, b, exclude=exclude)
+    want = score_all(blocks(np.int64), W, bias, kind, None, 1.0, b, exclude=exclude)
+    assert got.ids.dtype == torch.int64
+    assert torch.equal(got.ids, want.ids) and torch.equal(got.scores, want.scores)
+
+
 # ------------------------------------------------------------------------------------------------ learner
 def test_chunked_newton_fits_keep_the_class_weight_and_the_factor(monkeypatch) -> None:
     """More units than one Hessian chunk holds are solved chunk by chunk with every setting passed on:
