@@ -149,6 +149,61 @@ def test_keep_factor_with_lbfgs_is_refused_naming_the_fix() -> None:
     assert isinstance(fit_logistic(X, y, m, keep_factor=True, method="newton"), LogisticModel)
 
 
+def test_the_gpu_layout_of_a_rounds_fit_solves_the_same_problems(tmp_path: Path) -> None:
+    """On a GPU a round fits every unit in one padded batch (batched Newton) instead of one L-BFGS per unit:
+    run on the CPU with the run's device set to the GPU layout (there ``fit_logistic`` picks L-BFGS for CPU
+    tensors, over the same padded rows), the padded fit gives every unit the model the per-unit fit gives, up to the solvers' tolerance (kills ``Run._fit`` mutants 51 and 53: the padded
+    rows' mask not set, the batched model dropped; that branch is otherwise reached only on a GPU)."""
+    import dataclasses
+
+    from seals_gpu.driver import run
+    from seals_gpu.synth import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s", n=3000, dim=8, concepts=2, prevalence=(0.02, 0.04), seed=3)
+    r = run(
+        store,
+        tmp_path / "r",
+        concepts=[0, 1],
+        strategies=("mlp", "maxent"),
+        modes=("seals",),
+        budget=120,
+        k=10,
+        batch=30,
+        seed_positives=3,
+        seed_negatives=27,
+        device="cpu",
+    )
+    sizes = {u.n_labeled for u in r.units}
+    assert len(r.units) == 4 and min(sizes) >= 30
+    r.model = None
+    r._fit()
+    per_unit = r.model
+    r.model = None
+    r.device = dataclasses.replace(r.device, kind="cuda")  # the GPU layout, on CPU tensors
+    r._fit()
+    batched = r.model
+    assert batched is not None and batched.W.shape == per_unit.W.shape
+    for u in r.units:
+        x = torch.from_numpy(u.X)
+        p_unit = torch.sigmoid(x @ per_unit.W[u.index].float() + per_unit.b[u.index].float())
+        p_batch = torch.sigmoid(x @ batched.W[u.index].float() + batched.b[u.index].float())
+        assert (p_unit - p_batch).abs().max() < 2e-3, u.index
+
+
+# ------------------------------------------------------------------------------------------------ pool
+def test_a_neighbour_cache_miss_names_the_missing_ids() -> None:
+    """Looking up ids of which some are not cached names those (the first five), not the cached ones
+    (kills ``NeighborCache.lookup`` mutant 37)."""
+    from seals_gpu.pool import NeighborCache
+
+    cache = NeighborCache(2)
+    cache.add(np.array([10, 20, 30]), np.ones((3, 2), np.float32), np.array([[1, 2], [3, 4], [5, 6]]))
+    with pytest.raises(KeyError, match=re.escape("ids [-7, 25] are not in the neighbour cache")):
+        cache.lookup(np.array([10, -7, 20, 25, 30]))
+    D, I = cache.lookup(np.array([30, 10]))
+    assert I.tolist() == [[5, 6], [1, 2]]
+
+
 # ------------------------------------------------------------------------------------------------ store
 def test_test_ids_between_an_empty_range_are_int64(tmp_path: Path) -> None:
     """A shard's share of the test split is an int64 array even when it holds none, like every id list
