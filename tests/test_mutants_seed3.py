@@ -149,6 +149,102 @@ def test_keep_factor_with_lbfgs_is_refused_naming_the_fix() -> None:
     assert isinstance(fit_logistic(X, y, m, keep_factor=True, method="newton"), LogisticModel)
 
 
+def test_available_memory_reads_memavailable_on_linux() -> None:
+    """The memory check of --k reads the kernel's MemAvailable (bytes), so an impossible --k is refused on
+    Linux rather than never (kills ``available_memory`` mutant 2: the file name changed, always None)."""
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        pytest.skip("no /proc/meminfo: available_memory answers None here by design")
+    from seals_gpu.driver import available_memory
+
+    line = next(x for x in meminfo.read_text().splitlines() if x.startswith("MemAvailable:"))
+    want = int(line.split()[1]) * 1024
+    got = available_memory()
+    assert got is not None and abs(got - want) <= 0.5 * want  # memory moves between the two reads
+
+
+def test_a_run_over_an_ivfpq_index_uses_the_indexs_own_search(tmp_path: Path) -> None:
+    """With an IVF-PQ --index and --search auto, the plan is the index's own search (its probes and
+    re-rank, test rows filtered), not an exact or IVF search built beside it (kills ``Run.__init__``
+    mutant 67: the index kind read as flat)."""
+    from seals_gpu.driver import run
+    from seals_gpu.index import IndexSpec, build_index
+    from seals_gpu.synth import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s", n=2000, dim=8, concepts=1, prevalence=(0.03, 0.04), seed=1)
+    idx = build_index(store, tmp_path / "i", IndexSpec(kind="ivfpq", nlist=8, pq_m=4, nprobe=8)).path
+    r = run(
+        store,
+        tmp_path / "r",
+        concepts=[0],
+        index=idx,
+        strategies=("mlp",),
+        modes=("seals",),
+        budget=60,
+        k=5,
+        batch=20,
+        seed_positives=2,
+        seed_negatives=8,
+        device="cpu",
+    )
+    assert r.plan.method == "index" and "IVF-PQ" in r.plan.reason
+    flat = run(
+        store,
+        tmp_path / "f",
+        concepts=[0],
+        strategies=("mlp",),
+        modes=("seals",),
+        budget=60,
+        k=5,
+        batch=20,
+        seed_positives=2,
+        seed_negatives=8,
+        device="cpu",
+    )
+    assert flat.plan.method == "flat"
+
+
+def test_a_folder_changed_between_the_check_and_the_lock_is_checked_again(tmp_path: Path) -> None:
+    """A run looks at its folder, then takes the lock: if something else wrote there in between, the folder
+    is inspected again under the lock, so a file that is not the run's is refused (one line naming it),
+    left as it is, and the lock is given back (kills ``Run.start`` mutant 46: the second inspection called
+    without the settings, a TypeError)."""
+    from seals_gpu import rundir
+    from seals_gpu.config import RunConfig
+    from seals_gpu.driver import Run
+    from seals_gpu.errors import RunDirError
+    from seals_gpu.synth import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s", n=1000, dim=8, concepts=1, prevalence=(0.03, 0.04), seed=2)
+    cfg = RunConfig(
+        store=str(store.path),
+        store_fingerprint=store.fingerprint,
+        concepts=(0,),
+        strategies=("mlp",),
+        modes=("seals",),
+        budget=30,
+        seed_positives=2,
+        seed_negatives=8,
+        batch=10,
+        k=5,
+    )
+    out = tmp_path / "r"
+    r = Run(cfg, out, store=store, progress=False, log=lambda *a: None)
+    real = rundir.RunLock.acquire
+
+    def racing_acquire(lock) -> None:  # another process writes into the folder just before the lock
+        out.mkdir(exist_ok=True)
+        (out / "notes.txt").write_text("mine")
+        real(lock)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rundir.RunLock, "acquire", racing_acquire)
+        with pytest.raises(RunDirError, match=r"notes.txt is not a file of this run"):
+            r.start()
+    assert (out / "notes.txt").read_text() == "mine"
+    rundir.RunLock(out).check_free()  # the lock was given back
+
+
 def test_the_gpu_layout_of_a_rounds_fit_solves_the_same_problems(tmp_path: Path) -> None:
     """On a GPU a round fits every unit in one padded batch (batched Newton) instead of one L-BFGS per unit:
     run on the CPU with the run's device set to the GPU layout (there ``fit_logistic`` picks L-BFGS for CPU
