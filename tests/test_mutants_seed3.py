@@ -93,6 +93,41 @@ def test_all_mode_scoring_takes_ids_of_any_integer_dtype(dtype) -> None:
     assert torch.equal(got.ids, want.ids) and torch.equal(got.scores, want.scores)
 
 
+def test_a_kind_vector_of_the_wrong_length_is_named() -> None:
+    """score_all with one strategy kind per unit missing says which shape it needs (kills ``_check_units``
+    mutant 23: no message)."""
+    x = _unit(4, 3)
+    with pytest.raises(ValueError, match=re.escape("kind must have shape (2,) to match W, got (3,)")):
+        score_all(
+            [(np.arange(4), x)],
+            torch.zeros(2, 3),
+            torch.zeros(2),
+            torch.zeros(3, dtype=torch.int8),
+            None,
+            1.0,
+            2,
+        )
+
+
+def test_counts_over_an_empty_ranking_are_zero() -> None:
+    """A shard or block with no scores counts no item at or above any threshold (int64 zeros), so the
+    counts stay additive over splits that leave a part empty (kills ``count_at_or_above`` mutant 13)."""
+    from seals_gpu.metrics import count_at_or_above
+
+    out = count_at_or_above(np.empty(0, np.float32), np.array([-1.0, 0.2, 0.9]))
+    assert out.dtype == np.int64 and out.tolist() == [0, 0, 0]
+    assert count_at_or_above(np.array([0.5, 0.1]), np.empty(0)).shape == (0,)
+
+
+def test_sorting_no_rows_of_neighbours_gives_no_rows() -> None:
+    """sort_neighbors on zero queries returns (0, k) float32 and int64 arrays (kills ``sort_neighbors``
+    mutant 44)."""
+    from seals_gpu.index.merge import sort_neighbors
+
+    D, I = sort_neighbors(np.empty((0, 6), np.float32), np.empty((0, 6), np.int64), 4)
+    assert D.shape == I.shape == (0, 4) and D.dtype == np.float32 and I.dtype == np.int64
+
+
 # ------------------------------------------------------------------------------------------------ learner
 def test_chunked_newton_fits_keep_the_class_weight_and_the_factor(monkeypatch) -> None:
     """More units than one Hessian chunk holds are solved chunk by chunk with every setting passed on:
@@ -134,6 +169,25 @@ def test_a_units_newton_fit_does_not_depend_on_the_units_beside_it() -> None:
         alone = fit_logistic(X[u : u + 1], y[u : u + 1], m[u : u + 1], method="newton")
         assert torch.equal(alone.W[0], batched.W[u]) and torch.equal(alone.b[0], batched.b[u]), u
         assert int(alone.n_iter[0]) == int(batched.n_iter[u])
+
+
+def test_an_overflowing_row_is_named_without_numpy_warnings() -> None:
+    """A feature row of finite values whose products overflow is refused naming its row, and the check that
+    finds it raises no numpy warning of its own (kills ``_solve_units`` mutant 61: overflow warnings from
+    summing the row)."""
+    import warnings
+
+    from seals_gpu.learner import fit_logistic_units
+
+    rng = np.random.default_rng(0)
+    x = _unit(20, 4, seed=8)
+    x[7] = 3e38  # finite float32, but X @ w and the row's sum overflow
+    y = (rng.random(20) < 0.3).astype(np.float64)
+    y[0], y[1] = 1.0, 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"Xs\[0\]\[7\] has non-finite \(or overflowing\) values"):
+            fit_logistic_units([x], [y])
 
 
 def test_keep_factor_with_lbfgs_is_refused_naming_the_fix() -> None:
@@ -298,6 +352,35 @@ def test_a_neighbour_cache_miss_names_the_missing_ids() -> None:
         cache.lookup(np.array([10, -7, 20, 25, 30]))
     D, I = cache.lookup(np.array([30, 10]))
     assert I.tolist() == [[5, 6], [1, 2]]
+
+
+# ------------------------------------------------------------------------------------------------ split
+def test_ids_between_shards_are_answered_without_asking_a_shard() -> None:
+    """The split routes each id to the shard whose id range holds it: ids in the gaps between shards, below
+    the first or above the last are ABSENT without a call to any shard (a remote round trip each), and a
+    shard is asked only about ids inside its range (kills ``Split._owner`` mutant 16: an id in a gap routed
+    to the next shard)."""
+    from seals_gpu.split import ABSENT, TEST, TRAIN, ShardSplit, Split
+
+    parts = [
+        ShardSplit(np.array([10, 12, 14]), np.array([False, True, False])),
+        ShardSplit(np.array([100, 105]), np.array([True, False])),
+    ]
+    local = Split.of_parts(parts)
+    asked: list[tuple[int, list[int]]] = []
+
+    def call(method, args_of):
+        for s, a in args_of.items():
+            asked.append((s, np.asarray(a[0]).tolist()))
+        return {s: getattr(parts[s], method)(*a) for s, a in args_of.items()}
+
+    split = Split(local.id_min, local.id_max, local.counts, call)
+    gaps = np.array([-5, 9, 15, 50, 99, 106, 2**62])
+    assert split.codes(gaps).tolist() == [ABSENT] * gaps.size
+    assert asked == []
+    assert split.codes(np.array([13, 12, 50, 100])).tolist() == [ABSENT, TEST, ABSENT, TEST]
+    assert sorted(asked) == [(0, [13, 12]), (1, [100])]
+    assert split.codes(np.array([14, 105])).tolist() == [TRAIN, TRAIN]
 
 
 # ------------------------------------------------------------------------------------------------ store
