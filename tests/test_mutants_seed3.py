@@ -397,6 +397,40 @@ def test_test_ids_between_an_empty_range_are_int64(tmp_path: Path) -> None:
         assert none.dtype == np.int64 and none.shape == (0,)
 
 
+def test_store_batches_hold_at_most_the_rows_asked(tmp_path: Path) -> None:
+    """iter_batches(batch_rows=n) bounds every batch to n rows, however large the Parquet row groups, so
+    memory stays one batch (kills ``Store.iter_batches`` mutant 35: Parquet's default batch size)."""
+    ids = np.arange(300, dtype=np.int64) * 2
+    store = write_store(tmp_path / "s", ids, _unit(300, 4))
+    sizes = [b.ids.size for b in store.iter_batches(batch_rows=7)]
+    assert sum(sizes) == 300 and max(sizes) <= 7
+    assert [b.ids.size for b in store.iter_batches(batch_rows=7, embeddings=False)] == sizes
+
+
+def test_reading_concepts_never_reads_the_embeddings(tmp_path: Path, monkeypatch) -> None:
+    """Concept counts and positives read the id and label columns only: the embeddings (most of a store's
+    bytes) are never requested from Parquet (kills ``Store._flat_labels`` mutant 10: labels read with the
+    embeddings)."""
+    import pyarrow.parquet as pq
+
+    ids = np.arange(200, dtype=np.int64)
+    labels = [[i % 3] if i % 5 else [] for i in range(200)]
+    store = write_store(tmp_path / "s", ids, _unit(200, 4), labels=labels)
+    asked: list[list[str]] = []
+    real = pq.ParquetFile.iter_batches
+
+    def spy(self, *a, **kw):
+        asked.append(list(kw.get("columns") or []))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    counts = store.concept_counts()
+    pos = store.concept_positives([0, 2])
+    assert asked and all("embedding" not in cols for cols in asked), asked
+    assert counts[0] == sum(1 for lab in labels if lab == [0])
+    assert pos[2].tolist() == [i for i in range(200) if i % 5 and i % 3 == 2]
+
+
 # ------------------------------------------------------------------------------------------- index.shard
 def test_a_shard_with_a_repeated_id_is_refused_when_loaded(tmp_path: Path) -> None:
     """Ids must be unique within a shard: an ``ids.npy`` with the same id twice (sorted, so only the
