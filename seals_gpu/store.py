@@ -180,9 +180,8 @@ def _embeddings_to_numpy(col: pa.Array, dim: int, file: str, row0: int) -> np.nd
     return arr.reshape(n, dim)
 
 
-def _ids_to_numpy(col: pa.ChunkedArray | pa.Array, file: str) -> np.ndarray:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+def _ids_to_numpy(col: pa.Array, file: str) -> np.ndarray:
+    """A record batch's id column as int64, refusing what is not a global int64 id."""
     if not pa.types.is_integer(col.type):
         raise StoreError(
             f"{file}: column 'id' has type {col.type}, expected int64; ids are global integers "
