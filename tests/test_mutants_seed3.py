@@ -397,6 +397,28 @@ def test_test_ids_between_an_empty_range_are_int64(tmp_path: Path) -> None:
         assert none.dtype == np.int64 and none.shape == (0,)
 
 
+def test_unsigned_ids_that_fit_in_int64_are_read_as_int64(tmp_path: Path) -> None:
+    """A store whose id column is uint64 (or uint32) reads as int64 ids when every value fits, and is
+    refused, naming the file, when one does not (kills ``_ids_to_numpy`` mutant 11: every uint64 column
+    refused)."""
+    import pyarrow as pa
+
+    from seals_gpu.errors import StoreError
+    from seals_gpu.store import Store
+
+    from .test_bad_input import _store_of, _table
+
+    for typ in (pa.uint64(), pa.uint32()):
+        ids = np.array([3, 9, 2**31 + 5, 4000], dtype=np.uint64)
+        folder = _store_of(tmp_path / str(typ), _table(4, id=pa.array(ids, type=typ)))
+        got = np.concatenate([b.ids for b in Store(folder).iter_batches()])
+        assert got.dtype == np.int64 and got.tolist() == ids.tolist()
+    big = pa.array(np.array([1, 2**63 + 1, 7, 8], dtype=np.uint64))
+    folder = _store_of(tmp_path / "big", _table(4, id=big))
+    with pytest.raises(StoreError, match=r"column 'id' has values above the int64 range"):
+        list(Store(folder).iter_batches())
+
+
 def test_store_batches_hold_at_most_the_rows_asked(tmp_path: Path) -> None:
     """iter_batches(batch_rows=n) bounds every batch to n rows, however large the Parquet row groups, so
     memory stays one batch (kills ``Store.iter_batches`` mutant 35: Parquet's default batch size)."""
