@@ -419,6 +419,25 @@ def test_unsigned_ids_that_fit_in_int64_are_read_as_int64(tmp_path: Path) -> Non
         list(Store(folder).iter_batches())
 
 
+def test_a_nan_embedding_in_a_store_file_names_the_file_and_the_id(tmp_path: Path) -> None:
+    """Reading a store whose file holds a NaN embedding (written by another tool) names that file and the
+    row's id (kills ``Store._convert`` mutant 27: the file left out of the message)."""
+    import pyarrow as pa
+
+    from seals_gpu.errors import StoreError
+    from seals_gpu.store import Store
+
+    from .test_bad_input import _store_of, _table
+
+    x = _unit(6, 8, seed=5)  # the dimension of _table's files
+    x[4, 2] = np.nan
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8)
+    folder = _store_of(tmp_path / "nan", _table(5), _table(6, first_id=100, embedding=emb))
+    want = f"{folder / 'part-00001.parquet'}: embedding of id 104 contains NaN or inf"
+    with pytest.raises(StoreError, match=re.escape(want)):
+        list(Store(folder).iter_batches())
+
+
 def test_store_batches_hold_at_most_the_rows_asked(tmp_path: Path) -> None:
     """iter_batches(batch_rows=n) bounds every batch to n rows, however large the Parquet row groups, so
     memory stays one batch (kills ``Store.iter_batches`` mutant 35: Parquet's default batch size)."""
