@@ -438,6 +438,38 @@ def test_a_nan_embedding_in_a_store_file_names_the_file_and_the_id(tmp_path: Pat
         list(Store(folder).iter_batches())
 
 
+def test_closing_a_store_writer_twice_keeps_the_store(tmp_path: Path) -> None:
+    """close() inside a ``with`` block, or twice, or abort() after close, leaves the written store as it
+    is (kills ``StoreWriter.close`` mutant 2: the closed Parquet writer replaced by a value that the second
+    call tried to close)."""
+    from seals_gpu.store import Store, StoreWriter
+
+    x = _unit(5, 4)
+    with StoreWriter(tmp_path / "with", dim=4) as w:
+        w.write(np.arange(5), x)
+        w.close()
+    w = StoreWriter(tmp_path / "twice", dim=4)
+    w.write(np.arange(5), x)
+    w.close()
+    w.close()
+    w.abort()
+    for name in ("with", "twice"):
+        assert Store(tmp_path / name).read_ids().tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_writer_batch_with_the_wrong_number_of_labels_is_named(tmp_path: Path) -> None:
+    """Labels for a batch must be one list per row: a mismatch names both counts and writes nothing
+    (kills ``StoreWriter.write`` mutant 58: no message)."""
+    from seals_gpu.errors import StoreError
+    from seals_gpu.store import StoreWriter
+
+    w = StoreWriter(tmp_path / "s", dim=4)
+    with pytest.raises(StoreError, match=re.escape("labels has 2 rows, expected 3")):
+        w.write(np.arange(3), _unit(3, 4), labels=[[1], [2]])
+    w.abort()
+    assert not (tmp_path / "s").exists()
+
+
 def test_store_batches_hold_at_most_the_rows_asked(tmp_path: Path) -> None:
     """iter_batches(batch_rows=n) bounds every batch to n rows, however large the Parquet row groups, so
     memory stays one batch (kills ``Store.iter_batches`` mutant 35: Parquet's default batch size)."""
