@@ -227,35 +227,11 @@ def test_a_run_over_an_ivfpq_index_uses_the_indexs_own_search(tmp_path: Path) ->
 
     store = make_synthetic_store(tmp_path / "s", n=2000, dim=8, concepts=1, prevalence=(0.03, 0.04), seed=1)
     idx = build_index(store, tmp_path / "i", IndexSpec(kind="ivfpq", nlist=8, pq_m=4, nprobe=8)).path
-    r = run(
-        store,
-        tmp_path / "r",
-        concepts=[0],
-        index=idx,
-        strategies=("mlp",),
-        modes=("seals",),
-        budget=60,
-        k=5,
-        batch=20,
-        seed_positives=2,
-        seed_negatives=8,
-        device="cpu",
-    )
+    small = dict(strategies=("mlp",), modes=("seals",), budget=60, k=5, batch=20, seed_positives=2)
+    small.update(seed_negatives=8, device="cpu")
+    r = run(store, tmp_path / "r", concepts=[0], index=idx, **small)
     assert r.plan.method == "index" and "IVF-PQ" in r.plan.reason
-    flat = run(
-        store,
-        tmp_path / "f",
-        concepts=[0],
-        strategies=("mlp",),
-        modes=("seals",),
-        budget=60,
-        k=5,
-        batch=20,
-        seed_positives=2,
-        seed_negatives=8,
-        device="cpu",
-    )
-    assert flat.plan.method == "flat"
+    assert run(store, tmp_path / "f", concepts=[0], **small).plan.method == "flat"
 
 
 def test_a_folder_changed_between_the_check_and_the_lock_is_checked_again(tmp_path: Path) -> None:
