@@ -109,6 +109,93 @@ def load_results(mutants: Path) -> dict[str, dict[str, int | None]]:
     return out
 
 
+def load_hashes(mutants: Path) -> dict[str, dict[str, str]]:
+    """module -> {mangled function name: mutmut's hash of that function's source}, from the same files."""
+    out: dict[str, dict[str, str]] = {}
+    for meta in sorted((mutants / PACKAGE).rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        out[module_of(meta, mutants)] = dict(data.get("hash_by_function_name", {}))
+    return out
+
+
+def function_key(name: str) -> str:
+    """``seals_gpu.pool.xǁPoolǁadd__mutmut_3`` -> ``xǁPoolǁadd`` (the key of mutmut's function hashes)."""
+    return name.rpartition(".")[2].partition("__mutmut_")[0]
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def load_verdicts(path: Path | None, mutmut_version: str) -> dict[str, dict[str, list[Any]]]:
+    """The kept verdicts (module -> {mutant: [exit code, function hash]}); none without a file, or when the
+    file came from another mutmut release (its mutants may be numbered differently).
+
+    Raises ValueError naming the file when it is not a verdict file."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        kept, modules = data["mutmut"], data["modules"]
+        if not (isinstance(kept, str) and isinstance(modules, dict)):
+            raise TypeError
+        for by_name in modules.values():
+            for entry in by_name.values():
+                if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)):
+                    raise TypeError
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{path}: not a verdict file (JSON with mutmut and modules of [exit code, hash]); move it away "
+            "or pass another --verdicts"
+        ) from exc
+    if _minor(kept) != _minor(mutmut_version):
+        print(
+            f"mutation_report: {path} holds verdicts of mutmut {kept}, this is {mutmut_version}: not used "
+            "(its mutants may be numbered differently); they are replaced by this run's",
+            file=sys.stderr,
+        )
+        return {}
+    return modules
+
+
+def apply_verdicts(
+    results: dict[str, dict[str, int | None]],
+    hashes: dict[str, dict[str, str]],
+    kept: dict[str, dict[str, list[Any]]],
+) -> int:
+    """Fill, in place, the mutants mutmut has no verdict for from the kept ones, where the mutated
+    function's source is still what it was when the verdict was taken (same hash: the same mutants under
+    the same names). mutmut's own verdicts win. Returns how many were filled."""
+    filled = 0
+    for module, codes in results.items():
+        old = kept.get(module, {})
+        now = hashes.get(module, {})
+        for name, code in codes.items():
+            entry = old.get(name)
+            if code is None and entry is not None and now.get(function_key(name)) == entry[1]:
+                codes[name] = entry[0]
+                filled += 1
+    return filled
+
+
+def verdicts_of(
+    results: dict[str, dict[str, int | None]], hashes: dict[str, dict[str, str]]
+) -> dict[str, dict[str, list[Any]]]:
+    """What to keep: every mutant with a verdict (not "not checked", not interrupted) and its function's
+    hash; mutants of functions that changed since their verdict are gone from ``results`` already."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for module in sorted(results):
+        now = hashes.get(module, {})
+        by_name = {
+            name: [code, now[function_key(name)]]
+            for name, code in sorted(results[module].items())
+            if code is not None and status_of(code) != "other" and function_key(name) in now
+        }
+        if by_name:
+            out[module] = by_name
+    return out
+
+
 def mutant_diff(name: str, module: str) -> str:
     """The mutation as a unified diff of its function (mutmut's own diff; empty if it cannot say)."""
     try:
@@ -145,8 +232,9 @@ def load_equivalent(path: Path) -> dict[str, dict[str, str]]:
     return {e["mutant"]: e for e in entries}
 
 
-def build(modules: list[str], mutants: Path, equivalent_path: Path) -> dict[str, Any]:
-    results = load_results(mutants)
+def build(
+    modules: list[str], results: dict[str, dict[str, int | None]], equivalent_path: Path
+) -> dict[str, Any]:
     equivalent = load_equivalent(equivalent_path)
     report: dict[str, Any] = {"modules": {}, "survivors": [], "stale_equivalent": [], "status": {}}
     seen_equivalent: set[str] = set()
@@ -312,6 +400,21 @@ def sample_rows(report: dict[str, Any], sample: dict[str, Any]) -> dict[str, dic
     return rows
 
 
+def dump_verdicts(keep: dict[str, Any]) -> str:
+    """The verdict file's text: JSON with one mutant per line (small diffs when a run adds verdicts)."""
+    lines = ["{", f'"mutmut": {json.dumps(keep["mutmut"])},', '"modules": {']
+    modules = list(keep["modules"].items())
+    for i, (module, by_name) in enumerate(modules):
+        lines.append(f"{json.dumps(module)}: {{")
+        items = list(by_name.items())
+        for j, (name, entry) in enumerate(items):
+            comma = "," if j < len(items) - 1 else ""
+            lines.append(f"{json.dumps(name, ensure_ascii=False)}: {json.dumps(entry)}{comma}")
+        lines.append("}," if i < len(modules) - 1 else "}")
+    lines += ["}", "}"]
+    return "\n".join(lines) + "\n"
+
+
 def _md_row(*cells: Any) -> str:
     """One row of a markdown table."""
     return "| " + " | ".join(str(c) for c in cells) + " |"
@@ -429,10 +532,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
     p.add_argument("--sample-file", type=Path, default=ROOT / "benchmarks" / "mutation_sample.json")
+    p.add_argument(
+        "--verdicts",
+        type=Path,
+        default=None,
+        help="kept verdicts, read and rewritten (default: benchmarks/mutation_verdicts.json with the default "
+        "--mutants, none with another)",
+    )
     a = p.parse_args(argv)
     # paths as the caller meant them: the report later works from the project root (os.chdir below)
     for name in ("mutants", "equivalent", "out", "testing", "sample_file"):
         setattr(a, name, getattr(a, name).absolute())
+    default_mutants = a.mutants.resolve() == (ROOT / "mutants")
+    if a.verdicts is None and default_mutants:
+        a.verdicts = ROOT / "benchmarks" / "mutation_verdicts.json"
+    a.verdicts = a.verdicts.absolute() if a.verdicts is not None else None
     modules = a.modules or CORE
     if a.sample is not None and a.sample < 1:
         print(
@@ -447,19 +561,30 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if not a.mutants.is_dir() and a.sample is None:
+    has_verdicts = a.verdicts is not None and a.verdicts.exists()
+    if not a.mutants.is_dir() and a.sample is None and not (default_mutants and has_verdicts):
         print(f"mutation_report: error: {a.mutants} does not exist; run `make mutate` first", file=sys.stderr)
         return 2
     try:
+        from importlib.metadata import version
+
+        mutmut_version = version("mutmut")
+    except Exception:  # noqa: BLE001
+        mutmut_version = "?"
+    try:
         draws = load_draws(a.sample_file) if a.list is None else []
+        kept = load_verdicts(a.verdicts, mutmut_version)
     except ValueError as exc:
         print(f"mutation_report: error: {exc}", file=sys.stderr)
         return 2
     os.chdir(ROOT)  # mutmut's diff helpers read mutants/ and the sources relative to the project root
+    if default_mutants and (a.sample is not None or not a.mutants.is_dir()):
+        # a draw from a stale copy would name mutants of code that changed since; on a fresh clone the
+        # kept verdicts need today's mutants and function hashes to be matched against
+        generate_mutants()
     if a.sample is not None:
-        if a.mutants.resolve() == (ROOT / "mutants"):
-            generate_mutants()  # a draw from a stale copy would name mutants of code that changed since
         results = load_results(a.mutants)
+        apply_verdicts(results, load_hashes(a.mutants), kept)
         missing = [m for m in modules if not results.get(m)]
         if missing:
             print(
@@ -480,13 +605,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.list:
         results = load_results(a.mutants)
+        apply_verdicts(results, load_hashes(a.mutants), kept)
         want = {"survived": "survived", "not-checked": "not checked", "no-tests": "no tests"}[a.list]
         for module in modules:
             for name, code in results.get(module, {}).items():
                 if status_of(code) == want:
                     print(name)
         return 0
-    report = build(modules, a.mutants, a.equivalent)
+    results = load_results(a.mutants)
+    hashes = load_hashes(a.mutants)
+    filled = apply_verdicts(results, hashes, kept)
+    report = build(modules, results, a.equivalent)
     report["samples"] = []
     seen: set[str] = set()
     for draw in draws:
@@ -502,12 +631,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         seen |= names
     report.pop("status")
-    try:
-        from importlib.metadata import version
-
-        mutmut_version = version("mutmut")
-    except Exception:  # noqa: BLE001
-        mutmut_version = "?"
     meta = {
         "date": _dt.date.today().isoformat(),
         "mutmut": mutmut_version,
@@ -517,6 +640,11 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({**meta, **report}, indent=2) + "\n")
     write_section(a.testing, markdown(report, meta))
+    if a.verdicts is not None:
+        a.verdicts.parent.mkdir(parents=True, exist_ok=True)
+        keep = {"mutmut": mutmut_version, "modules": verdicts_of(results, hashes)}
+        a.verdicts.write_text(dump_verdicts(keep))
+        print(f"verdicts: {filled} taken from {a.verdicts.name} (function unchanged since), all kept there")
     width = max(len(m) for m in report["modules"])
     print(f"{'module':<{width}}  mutants  killed  survived  equiv  no-tests  score")
     for module, row in report["modules"].items():

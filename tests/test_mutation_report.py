@@ -29,12 +29,20 @@ def _load():
 mr = _load()
 
 
-def _fake_mutants(root: Path, codes: dict[str, dict[str, int | None]]) -> Path:
-    """A mutants/ folder as mutmut leaves it: one ``.meta`` per module with an exit code per mutant."""
+def _fake_mutants(
+    root: Path,
+    codes: dict[str, dict[str, int | None]],
+    hashes: dict[str, dict[str, str]] | None = None,
+) -> Path:
+    """A mutants/ folder as mutmut leaves it: one ``.meta`` per module with an exit code per mutant (and,
+    when given, the hash of each mutated function's source)."""
     for module, by_name in codes.items():
         meta = root / "seals_gpu" / Path(*module.split(".")).with_suffix(".py.meta")
         meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps({"exit_code_by_key": by_name}))
+        data: dict = {"exit_code_by_key": by_name}
+        if hashes is not None:
+            data["hash_by_function_name"] = hashes.get(module, {})
+        meta.write_text(json.dumps(data))
     return root
 
 
@@ -342,3 +350,145 @@ def test_mutmuts_progress_goes_to_stderr_while_mutants_are_written(
     assert out == "names follow\n"
     assert "mutmut says create_mutants" in err and "a worker says hi" in err
     assert calls[-1] == "create_mutants" and (tmp_path / "mutants").is_dir()
+
+
+# --- kept verdicts: a fresh clone has no mutants/, the verdicts of earlier runs live in a committed file ---
+
+
+def _report(tmp_path: Path, mutants: Path, verdicts: Path, *extra: str) -> int:
+    return mr.main(
+        ["--mutants", str(mutants), "--modules", "pool", "store", "--verdicts", str(verdicts)]
+        + ["--out", str(tmp_path / "m.json"), "--testing", str(tmp_path / "T.md")]
+        + [
+            "--equivalent",
+            str(tmp_path / "none.json"),
+            "--sample-file",
+            str(tmp_path / "none-s.json"),
+            *extra,
+        ]
+    )
+
+
+def _two_modules() -> tuple[dict, dict]:
+    codes = {
+        "pool": {
+            "seals_gpu.pool.xǁPoolǁadd__mutmut_1": 1,
+            "seals_gpu.pool.xǁPoolǁadd__mutmut_2": 0,
+            "seals_gpu.pool.x_grow__mutmut_1": 24,
+            "seals_gpu.pool.x_grow__mutmut_2": None,
+            "seals_gpu.pool.x_grow__mutmut_3": 2,  # interrupted: no verdict to keep
+        },
+        "store": {"seals_gpu.store.x_read__mutmut_1": -9, "seals_gpu.store.x_read__mutmut_2": 1},
+    }
+    hashes = {"pool": {"xǁPoolǁadd": "aaa", "x_grow": "bbb"}, "store": {"x_read": "ccc"}}
+    return codes, hashes
+
+
+def test_verdicts_survive_a_fresh_mutants_folder_while_their_function_is_unchanged(
+    tmp_path: Path, capsys
+) -> None:
+    codes, hashes = _two_modules()
+    verdicts = tmp_path / "verdicts.json"
+    assert _report(tmp_path, _fake_mutants(tmp_path / "run1", codes, hashes), verdicts) == 0
+    kept = json.loads(verdicts.read_text())
+    assert kept["modules"] == {
+        "pool": {
+            "seals_gpu.pool.xǁPoolǁadd__mutmut_1": [1, "aaa"],
+            "seals_gpu.pool.xǁPoolǁadd__mutmut_2": [0, "aaa"],
+            "seals_gpu.pool.x_grow__mutmut_1": [24, "bbb"],
+        },
+        "store": {
+            "seals_gpu.store.x_read__mutmut_1": [-9, "ccc"],
+            "seals_gpu.store.x_read__mutmut_2": [1, "ccc"],
+        },
+    }
+    first = json.loads((tmp_path / "m.json").read_text())["modules"]
+    # a new machine: mutmut wrote the mutants again, with no verdicts; Pool.add was edited since
+    fresh = {m: dict.fromkeys(v) for m, v in codes.items()}
+    fresh["pool"]["seals_gpu.pool.x_grow__mutmut_2"] = 1  # this run checked one more
+    hashes["pool"]["xǁPoolǁadd"] = "changed"
+    capsys.readouterr()
+    assert _report(tmp_path, _fake_mutants(tmp_path / "run2", fresh, hashes), verdicts) == 0
+    assert "verdicts: 3 taken from verdicts.json" in capsys.readouterr().out
+    second = json.loads((tmp_path / "m.json").read_text())["modules"]
+    assert second["store"] == first["store"]
+    assert second["store"]["crashed"] == 1 and second["store"]["killed"] == 1
+    pool = second["pool"]
+    assert (pool["timeout"], pool["killed"], pool["survived"], pool["not checked"]) == (1, 1, 0, 3)
+    kept = json.loads(verdicts.read_text())["modules"]["pool"]
+    assert kept == {
+        "seals_gpu.pool.x_grow__mutmut_1": [24, "bbb"],
+        "seals_gpu.pool.x_grow__mutmut_2": [1, "bbb"],
+    }
+
+
+def test_mutmuts_own_verdict_wins_over_a_kept_one() -> None:
+    results = {"pool": {"seals_gpu.pool.x_f__mutmut_1": 1, "seals_gpu.pool.x_f__mutmut_2": None}}
+    kept = {"pool": {"seals_gpu.pool.x_f__mutmut_1": [0, "h"], "seals_gpu.pool.x_f__mutmut_2": [0, "h"]}}
+    assert mr.apply_verdicts(results, {"pool": {"x_f": "h"}}, kept) == 1
+    assert results["pool"] == {"seals_gpu.pool.x_f__mutmut_1": 1, "seals_gpu.pool.x_f__mutmut_2": 0}
+    # no hash recorded for the function: nothing is taken
+    results = {"pool": {"seals_gpu.pool.x_f__mutmut_2": None}}
+    assert (
+        mr.apply_verdicts(results, {"pool": {}}, kept) == 0
+        and results["pool"]["seals_gpu.pool.x_f__mutmut_2"] is None
+    )
+
+
+def test_verdicts_of_another_mutmut_release_are_not_used(tmp_path: Path, capsys) -> None:
+    codes, hashes = _two_modules()
+    verdicts = tmp_path / "verdicts.json"
+    verdicts.write_text(
+        json.dumps(
+            {"mutmut": "2.4.0", "modules": {"store": {"seals_gpu.store.x_read__mutmut_1": [0, "ccc"]}}}
+        )
+    )
+    fresh = {m: dict.fromkeys(v) for m, v in codes.items()}
+    assert _report(tmp_path, _fake_mutants(tmp_path / "run", fresh, hashes), verdicts) == 0
+    out = capsys.readouterr()
+    assert "holds verdicts of mutmut 2.4.0" in out.err
+    assert json.loads((tmp_path / "m.json").read_text())["modules"]["store"]["not checked"] == 2
+    assert json.loads(verdicts.read_text())["modules"] == {}
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", "[]", '{"mutmut": "3.8.1"}', '{"mutmut": "3.8.1", "modules": {"pool": {"x": [1]}}}'],
+)
+def test_a_file_that_is_not_a_verdict_file_is_named_and_nothing_is_written(
+    tmp_path: Path, capsys, content: str
+) -> None:
+    codes, hashes = _two_modules()
+    verdicts = tmp_path / "verdicts.json"
+    verdicts.write_text(content)
+    assert _report(tmp_path, _fake_mutants(tmp_path / "run", codes, hashes), verdicts) == 2
+    err = capsys.readouterr().err
+    assert str(verdicts) in err and "not a verdict file" in err and len(err.strip().splitlines()) == 1
+    assert verdicts.read_text() == content
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "T.md").exists()
+
+
+def test_a_drawn_mutant_with_a_kept_verdict_is_not_run_again(tmp_path: Path, capsys) -> None:
+    names = _names("pool", 8)
+    hashes = {"pool": {"x_f": "h"}}
+    mutants = _fake_mutants(tmp_path / "mutants", {"pool": dict.fromkeys(names)}, hashes)
+    verdicts = tmp_path / "verdicts.json"
+    verdicts.write_text(
+        json.dumps({"mutmut": mr._minor(_mutmut()) + ".0", "modules": {"pool": {names[0]: [1, "h"]}}})
+    )
+    out = tmp_path / "sample.json"
+    rc = mr.main(
+        ["--mutants", str(mutants), "--modules", "pool", "--sample", "8", "--sample-file", str(out)]
+        + ["--verdicts", str(verdicts)]
+    )
+    assert rc == 0
+    assert capsys.readouterr().out.split() == names[1:]
+
+
+def _mutmut() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mutmut")
+    except Exception:  # noqa: BLE001
+        return "?"
