@@ -537,3 +537,29 @@ def test_a_run_that_searches_every_train_row_up_front_shows_it_in_a_bar(tmp_path
     err = capsys.readouterr().err
     assert "every train row's neighbours up front" in err  # the plan
     assert re.search(r"neighbours of every train row: +100%", err), err[-2000:]
+
+
+def _objective(X: np.ndarray, y: np.ndarray, theta: np.ndarray, lam_b: float, C: float) -> float:
+    """The L-BFGS unit's objective in float64: 1/2 |w|^2 + lam_b/2 b^2 + C sum(log(1 + e^z) - y z)."""
+    w, b = theta[:-1], theta[-1]
+    z = X.astype(np.float64) @ w + b
+    return float(0.5 * w @ w + 0.5 * lam_b * b * b + C * np.sum(np.logaddexp(0.0, z) - y * z))
+
+
+def test_a_line_search_out_of_trials_still_takes_the_progress_it_made(monkeypatch) -> None:
+    """When the line search runs out of trials after finding a step that lowers the objective (its lower
+    bound ``lo`` > 0), the fit takes that step and carries on: with one trial allowed and a curvature
+    condition no first trial meets, every fit still takes steps and lowers the objective, never raising
+    (kills ``_lbfgs_run`` mutant 427: the residuals at that step computed against None, a crash)."""
+    lam_b, C = 1e-4, 1.0
+    monkeypatch.setattr(learner_mod, "_LS_MAX", 1)
+    monkeypatch.setattr(learner_mod, "_LBFGS_ETA", 1e-15)
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        X = rng.standard_normal((300, 6))
+        y = (rng.random(300) < 0.3).astype(np.float64)
+        theta = np.zeros(7)
+        start = _objective(X, y, theta, lam_b, C)
+        steps, _ = learner_mod._lbfgs_run(X, y, theta, lam_b, C, 1e-9, 500, True)
+        assert steps >= 1 and np.isfinite(theta).all()
+        assert _objective(X, y, theta, lam_b, C) < start - 1e-3
