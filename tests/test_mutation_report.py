@@ -492,3 +492,44 @@ def _mutmut() -> str:
         return version("mutmut")
     except Exception:  # noqa: BLE001
         return "?"
+
+
+def test_on_a_fresh_clone_the_report_rebuilds_mutants_and_reads_the_kept_verdicts(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A clone has benchmarks/mutation_verdicts.json but no mutants/: the report has mutmut write the mutants
+    (today's names and function hashes; no test is run) and reports the kept verdicts; with no kept verdicts
+    it says to run ``make mutate`` and writes nothing."""
+    codes, hashes = _two_modules()
+    monkeypatch.setattr(mr, "ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)  # the report changes to ROOT; put the test's directory back afterwards
+    generated: list[Path] = []
+
+    def fake_generate() -> None:  # what mutmut leaves: every mutant, none checked
+        generated.append(
+            _fake_mutants(tmp_path / "mutants", {m: dict.fromkeys(v) for m, v in codes.items()}, hashes)
+        )
+
+    monkeypatch.setattr(mr, "generate_mutants", fake_generate)
+    assert mr.main(["--modules", "pool", "store"]) == 2
+    assert "run `make mutate` first" in capsys.readouterr().err and not generated
+    assert not (tmp_path / "benchmarks").exists() and not (tmp_path / "TESTING.md").exists()
+    # a clone of a tree whose verdicts were committed
+    mr.main(
+        ["--mutants", str(_fake_mutants(tmp_path / "elsewhere", codes, hashes)), "--modules", "pool", "store"]
+        + [
+            "--verdicts",
+            str(tmp_path / "benchmarks" / "mutation_verdicts.json"),
+            "--out",
+            str(tmp_path / "x.json"),
+        ]
+        + ["--testing", str(tmp_path / "x.md")]
+    )
+    (tmp_path / "TESTING.md").write_text("# Testing\n")
+    capsys.readouterr()
+    assert mr.main(["--modules", "pool", "store"]) == 0
+    assert generated == [tmp_path / "mutants"]
+    report = json.loads((tmp_path / "benchmarks" / "out" / "mutation.json").read_text())["modules"]
+    assert report["store"]["killed"] == 1 and report["store"]["crashed"] == 1
+    assert (report["pool"]["killed"], report["pool"]["survived"], report["pool"]["timeout"]) == (1, 1, 1)
+    assert "| store.py |" in (tmp_path / "TESTING.md").read_text()
