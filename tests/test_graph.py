@@ -123,7 +123,10 @@ def test_graph_over_ray_actors_equals_local(ray_local, flat3, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_run_with_graph_selects_what_the_index_selects(flat3, store, tmp_path):
+@pytest.mark.parametrize("k", [10, 6])
+def test_run_with_graph_selects_what_the_index_selects(flat3, store, tmp_path, k):
+    """A run over a graph of 10 neighbours per item selects what a run searching the index selects, also
+    with a smaller --k: it then takes each item's first k neighbours (the pool grows by k per label)."""
     from seals_gpu.config import RunConfig
     from seals_gpu.driver import Run
 
@@ -136,7 +139,7 @@ def test_run_with_graph_selects_what_the_index_selects(flat3, store, tmp_path):
             concepts=(0, 2),
             strategies=("maxent", "id", "id-knn"),
             modes=("seals",),
-            k=10,
+            k=k,
             batch=40,
             budget=220,
             seed=5,
