@@ -66,3 +66,28 @@ def test_a_run_started_from_python_records_its_index_in_the_run_folder(tmp_path)
     other = build_index(store, tmp_path / "j", IndexSpec(kind="flat", shards=3)).path
     with pytest.raises(RunDirError, match=r"different configuration \(index changed\)"):
         run(store, tmp_path / "r", concepts=[0], index=other, resume=True, **small)
+
+
+def test_a_neighbour_table_too_large_is_refused_with_its_size_in_gib(monkeypatch) -> None:
+    """``--k`` whose neighbour table (12 bytes a slot, a row per train item when every row is searched up
+    front) exceeds the free memory is refused with both sizes in GiB, and one that fits is accepted (kills
+    ``check_k`` mutant 38: the table's size computed as bytes / 2 * 30)."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from seals_gpu import driver
+    from seals_gpu.errors import ConfigError
+    from seals_gpu.planner import SearchPlan
+
+    plan = SearchPlan("flat", "test", precompute=True)
+    monkeypatch.setattr(driver, "available_memory", lambda: 4 << 30)
+    message = (
+        "--k 100 needs about 11.2 GiB for the neighbours of up to 10,000,000 rows, more than the 4.0 GiB "
+        "of memory available; lower --k"
+    )
+    with pytest.raises(ConfigError) as err:
+        driver.check_k(SimpleNamespace(k=100), plan, 10_000_000)  # 1e7 x 100 x 12 bytes = 11.18 GiB
+    assert str(err.value) == message
+    monkeypatch.setattr(driver, "available_memory", lambda: 12 << 30)
+    driver.check_k(SimpleNamespace(k=100), plan, 10_000_000)
