@@ -8,7 +8,10 @@ test can observe are listed, with the reason, in ``benchmarks/mutation_equivalen
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 
 from seals_gpu.store import Store, write_store
 
@@ -50,8 +53,6 @@ def test_a_run_started_from_python_records_its_index_in_the_run_folder(tmp_path)
     refused (kills ``run`` mutant 22: the index left out of the run's config)."""
     import json
 
-    import pytest
-
     from seals_gpu.driver import run
     from seals_gpu.errors import RunDirError
     from seals_gpu.index import IndexSpec, build_index
@@ -74,8 +75,6 @@ def test_a_neighbour_table_too_large_is_refused_with_its_size_in_gib(monkeypatch
     ``check_k`` mutant 38: the table's size computed as bytes / 2 * 30)."""
     from types import SimpleNamespace
 
-    import pytest
-
     from seals_gpu import driver
     from seals_gpu.errors import ConfigError
     from seals_gpu.planner import SearchPlan
@@ -91,3 +90,24 @@ def test_a_neighbour_table_too_large_is_refused_with_its_size_in_gib(monkeypatch
     assert str(err.value) == message
     monkeypatch.setattr(driver, "available_memory", lambda: 12 << 30)
     driver.check_k(SimpleNamespace(k=100), plan, 10_000_000)
+
+
+# ------------------------------------------------------------------------------------------------ learner
+def test_the_line_searchs_next_trial_stays_inside_its_bracket() -> None:
+    """Whatever the Newton step does, the next trial of the 1-D search lies strictly inside the bracket
+    ``(lo, hi)`` once both ends are known: the Newton step if it lands inside, else the bisection when the
+    lower end is positive, else a tenth of the upper end (kills ``_next_step`` mutant 19: bisection only
+    for lo > 1, so a bracket such as (0.2, 0.8) was left for 0.08)."""
+    from seals_gpu.learner import _next_step
+
+    rng = np.random.default_rng(11)
+    for _ in range(2000):
+        lo = 0.0 if rng.random() < 0.3 else float(10.0 ** rng.uniform(-6, 2))
+        hi = lo + float(10.0 ** rng.uniform(-6, 2))
+        t = float(rng.uniform(lo, hi)) if lo > 0 else float(hi * rng.uniform(0.01, 1.0))
+        d1, d2 = float(rng.normal()), float(rng.normal())
+        tn = _next_step(t, d1, d2, lo, hi)
+        assert lo < tn < hi, (t, d1, d2, lo, hi, tn)
+    assert _next_step(0.5, 1.0, -1.0, 0.2, 0.8) == 0.5  # no usable curvature: bisect
+    assert _next_step(0.5, 1.0, -1.0, 0.0, 0.8) == pytest.approx(0.08)  # no lower end yet: shrink towards 0
+    assert _next_step(2.0, -1.0, -1.0, 2.0, math.inf) == 8.0  # no upper end yet: expand
