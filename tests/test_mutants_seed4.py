@@ -111,3 +111,89 @@ def test_the_line_searchs_next_trial_stays_inside_its_bracket() -> None:
     assert _next_step(0.5, 1.0, -1.0, 0.2, 0.8) == 0.5  # no usable curvature: bisect
     assert _next_step(0.5, 1.0, -1.0, 0.0, 0.8) == pytest.approx(0.08)  # no lower end yet: shrink towards 0
     assert _next_step(2.0, -1.0, -1.0, 2.0, math.inf) == 8.0  # no upper end yet: expand
+
+
+def _run_object(store, out, **settings):
+    """A Run built (its checks done, nothing written), not started."""
+    from seals_gpu.config import RunConfig
+    from seals_gpu.device import resolve_device
+    from seals_gpu.driver import Run
+
+    cfg = RunConfig(store=str(store.path), store_fingerprint=store.fingerprint, **settings)
+    return Run(
+        cfg, out, store=store, device=resolve_device("cpu"), progress=False, log=lambda *_: None, cache=False
+    )
+
+
+def test_seed_negatives_that_exactly_use_up_the_rows_besides_the_seed_ids_are_allowed(tmp_path) -> None:
+    """With ``--seed-ids``, the seed negatives still to draw must fit in the train rows the file does not
+    list: exactly as many is allowed, one more is refused naming the concept and the count (kills
+    ``Run.__init__`` mutant 186: the boundary refused)."""
+    from seals_gpu.errors import ConfigError
+
+    n = 60
+    ids = np.arange(n, dtype=np.int64) * 5 + 1000
+    labels = [["a"] if i in (3, 7, 55) else [] for i in range(n)]
+    split = ["train"] * 50 + ["test"] * 10  # ids[3], ids[7] train positives, ids[55] a test positive
+    store = write_store(tmp_path / "s", ids, _unit(n, 4), labels=labels, split=split)
+    seeds = tmp_path / "seeds.csv"
+    known_neg = ids[[0, 1, 2, 4, 5]]
+    listed = f"a,{ids[3]},1\na,{ids[7]},1\n" + "".join(f"a,{i},0\n" for i in known_neg)
+    seeds.write_text("concept,id,label\n" + listed)
+    free = 50 - 2 - known_neg.size  # train rows the file does not list
+    common = dict(concepts=("a",), strategies=("mlp",), modes=("all",), seed_ids=str(seeds), k=3, batch=5)
+    r = _run_object(
+        store, tmp_path / "r", seed_positives=1, seed_negatives=known_neg.size + free, budget=50, **common
+    )
+    assert len(r.units) == 1
+    with pytest.raises(ConfigError) as err:
+        _run_object(
+            store,
+            tmp_path / "r2",
+            seed_positives=1,
+            seed_negatives=known_neg.size + free + 1,
+            budget=50,
+            **common,
+        )
+    assert str(err.value) == (
+        f"--seed-negatives {known_neg.size + free + 1}: concept a has only {free} train rows besides its "
+        "--seed-ids; lower --seed-negatives"
+    )
+
+
+def test_only_id_knn_sizes_the_neighbour_table_for_every_train_row(tmp_path, monkeypatch) -> None:
+    """id-knn scores every train row by its neighbours, so its run must hold a neighbour row per train
+    item; a SEALS run without it holds rows only for the ids it searches. With memory for the second and
+    not the first, the SEALS run is accepted and the id-knn run refused (kills ``Run.__init__`` mutant 88:
+    the two swapped)."""
+    from seals_gpu import driver
+    from seals_gpu.errors import ConfigError
+    from seals_gpu.synth import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s", n=3000, dim=8, concepts=1, prevalence=(0.03, 0.04), seed=3)
+    common = dict(
+        concepts=(0,), modes=("seals",), k=10, batch=10, budget=40, seed_positives=2, seed_negatives=8
+    )
+    n_train = int((~store.read_split()[1]).sum())
+    every_row = n_train * 10 * driver.NEIGHBOR_SLOT_BYTES
+    monkeypatch.setattr(driver, "available_memory", lambda: every_row // 2)
+    r = _run_object(store, tmp_path / "a", strategies=("mlp",), **common)
+    assert r.plan.queries * 10 * driver.NEIGHBOR_SLOT_BYTES < every_row // 2
+    with pytest.raises(
+        ConfigError, match=rf"--k 10 needs about .* GiB for the neighbours of up to {n_train:,} rows"
+    ):
+        _run_object(store, tmp_path / "b", strategies=("id-knn",), **common)
+
+
+def test_an_ivf_search_is_calibrated_for_the_runs_k(tmp_path) -> None:
+    """With ``--search ivf`` the IVF's nprobe is calibrated to reach the recall target at the run's k (the
+    run log says so), not at a default k (kills ``Run.__init__`` mutant 117: the run's k not passed)."""
+    from seals_gpu.synth import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s", n=3000, dim=8, concepts=1, prevalence=(0.03, 0.04), seed=3)
+    r = _run_object(
+        store, tmp_path / "r", concepts=(0,), strategies=("mlp",), modes=("seals",), k=7, batch=10, budget=40,
+        seed_positives=2, seed_negatives=8, search="ivf",
+    )  # fmt: skip
+    assert r.backend.search_k == 7
+    assert "nprobe calibrated to recall@7 >= 0.95" in r.backend.search_path
