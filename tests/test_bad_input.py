@@ -228,10 +228,14 @@ CASES: dict[str, Case] = {
         ["store", "validate", "{zero}"], "all-zero vector", "drop it or give it a real"
     ),
     "store-ragged-embeddings": Case(
-        ["store", "validate", "{ragged}"], "has an embedding of length 7", "all embeddings need one dimension"
+        ["store", "validate", "{ragged}"],
+        "part-00000.parquet: row 7 has an embedding of length 7",
+        "all embeddings need one dimension",
     ),
     "store-null-embedding": Case(
-        ["store", "validate", "{nullemb}"], "has a null at row 4", "every row needs an embedding"
+        ["store", "validate", "{nullemb}"],
+        "part-00000.parquet: column 'embedding' has a null at row 4",
+        "every row needs an embedding",
     ),
     "store-synth-unwritable": Case(
         ["store", "synth", "/dev/null/x", "--n", "100"], "cannot write", "folder you can write to"
