@@ -288,8 +288,13 @@ def build(
         report["modules"][module] = row
     for name in sorted(set(equivalent) - seen_equivalent):
         mod = next((m for m in modules if name.startswith(f"{PACKAGE}.{m}.")), None)
-        if mod is not None and report["modules"].get(mod, {}).get("run"):
-            report["stale_equivalent"].append({"mutant": name, "why": "not a surviving mutant in this run"})
+        if mod is None or not report["modules"].get(mod, {}).get("run"):
+            continue
+        codes = results.get(mod, {})
+        if name not in codes:
+            report["stale_equivalent"].append({"mutant": name, "why": "no such mutant now (code changed)"})
+        elif codes[name] is not None:  # unchecked ones say nothing either way
+            report["stale_equivalent"].append({"mutant": name, "why": f"{status_of(codes[name])} now"})
     return report
 
 

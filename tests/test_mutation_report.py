@@ -533,3 +533,14 @@ def test_on_a_fresh_clone_the_report_rebuilds_mutants_and_reads_the_kept_verdict
     assert report["store"]["killed"] == 1 and report["store"]["crashed"] == 1
     assert (report["pool"]["killed"], report["pool"]["survived"], report["pool"]["timeout"]) == (1, 1, 1)
     assert "| store.py |" in (tmp_path / "TESTING.md").read_text()
+
+
+def test_an_equivalent_entry_is_stale_only_when_its_mutant_is_gone_or_now_detected(tmp_path: Path) -> None:
+    """A listed equivalent mutant that this run did not check says nothing (a fresh clone checks few); one
+    that was killed, or that no longer exists (its function changed), is reported stale."""
+    names = _names("pool", 4)
+    results = {"pool": {names[0]: None, names[1]: 1, names[2]: 0}}
+    eq = tmp_path / "eq.json"
+    eq.write_text(json.dumps([{"mutant": n, "change": "x", "reason": "r"} for n in names[:2] + names[3:]]))
+    stale = {e["mutant"]: e["why"] for e in mr.build(["pool"], results, eq)["stale_equivalent"]}
+    assert stale == {names[1]: "killed now", names[3]: "no such mutant now (code changed)"}
