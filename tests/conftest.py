@@ -17,6 +17,12 @@ from .mutmut_hooks import (  # noqa: F401 - hooks for `make mutate`, registered 
 )
 
 
+def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
+    """``n`` seeded random unit vectors of dimension ``d``, float32."""
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def clustered(n: int, d: int, *, n_concepts: int = 3, seed: int = 0, id_offset: int = 10_000):
     """Clustered unit vectors with planted concepts: each concept is one tight-ish cluster plus a few members
     spread elsewhere (so a linear model is good, not perfect). Ids are a shuffled, offset range so positions

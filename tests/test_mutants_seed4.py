@@ -1,9 +1,6 @@
-"""Tests written from the survivors of the fifth sampled mutation run (session 11, ``make mutate-sample
-SAMPLE=40 SAMPLE_SEED=4 MUTATE="store driver learner atomic"``: a fresh draw of the modules below the bar
-in seed 3, after every test written for seeds 0-3).
-
-Each test states the property a user relies on; the docstring names the mutants it kills. Survivors that no
-test can observe are listed, with the reason, in ``benchmarks/mutation_equivalent.json``.
+"""Seed 4 of ``make mutate-sample`` (session 11: store, driver, learner and atomic drawn afresh after the
+tests for seeds 0-3): one test per real survivor, each the property a user relies on, naming the mutant it
+kills; the survivors nothing can observe are in ``benchmarks/mutation_equivalent.json`` with the reason.
 """
 
 from __future__ import annotations
@@ -15,10 +12,7 @@ import pytest
 
 from seals_gpu.store import Store, write_store
 
-
-def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from .conftest import unit_rows as _unit
 
 
 # -------------------------------------------------------------------------------------------------- store
