@@ -73,7 +73,8 @@ mutate: setup
 	# the suite, ~7 min here); MUTATE_FRESH_STATS=0 reuses the last one
 	if [ "$(MUTATE_FRESH_STATS)" = "1" ]; then rm -f mutants/mutmut-stats.json; fi
 	$(MUTMUT_RUN) $(foreach m,$(MUTANTS),"$(m)")
-	# the report always covers every core module (a run over a few keeps the others' verdicts and rows)
+	# the report always covers every core module (a run over a few keeps the others' verdicts and rows) and
+	# keeps every verdict in benchmarks/mutation_verdicts.json (commit it: a fresh clone has no mutants/)
 	$(PY) benchmarks/mutation_report.py
 
 # a seeded uniform sample of SAMPLE mutants per module (the whole core list is about a day of two cores):
