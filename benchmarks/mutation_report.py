@@ -100,22 +100,22 @@ def module_of(meta: Path, mutants: Path) -> str:
     return rel[: -len(".py.meta")].replace("/", ".")
 
 
-def load_results(mutants: Path) -> dict[str, dict[str, int | None]]:
-    """module -> {mutant name: exit code or None}, from every ``.meta`` file under mutants/seals_gpu."""
-    out: dict[str, dict[str, int | None]] = {}
+def load_results(
+    mutants: Path, kept: dict[str, dict[str, list[Any]]] | None = None
+) -> tuple[dict[str, dict[str, int | None]], dict[str, dict[str, str]], int]:
+    """From every ``.meta`` file under mutants/seals_gpu, one read each: module -> {mutant name: exit code
+    or None} and module -> {mangled function name: mutmut's hash of its source}; with ``kept`` verdicts,
+    the mutants mutmut has no verdict for are filled from them (:func:`apply_verdicts`, whose count is
+    the third value)."""
+    results: dict[str, dict[str, int | None]] = {}
+    hashes: dict[str, dict[str, str]] = {}
     for meta in sorted((mutants / PACKAGE).rglob("*.py.meta")):
         data = json.loads(meta.read_text())
-        out[module_of(meta, mutants)] = dict(data.get("exit_code_by_key", {}))
-    return out
-
-
-def load_hashes(mutants: Path) -> dict[str, dict[str, str]]:
-    """module -> {mangled function name: mutmut's hash of that function's source}, from the same files."""
-    out: dict[str, dict[str, str]] = {}
-    for meta in sorted((mutants / PACKAGE).rglob("*.py.meta")):
-        data = json.loads(meta.read_text())
-        out[module_of(meta, mutants)] = dict(data.get("hash_by_function_name", {}))
-    return out
+        module = module_of(meta, mutants)
+        results[module] = dict(data.get("exit_code_by_key", {}))
+        hashes[module] = dict(data.get("hash_by_function_name", {}))
+    filled = apply_verdicts(results, hashes, kept or {})
+    return results, hashes, filled
 
 
 def function_key(name: str) -> str:
@@ -407,17 +407,13 @@ def sample_rows(report: dict[str, Any], sample: dict[str, Any]) -> dict[str, dic
 
 def dump_verdicts(keep: dict[str, Any]) -> str:
     """The verdict file's text: JSON with one mutant per line (small diffs when a run adds verdicts)."""
-    lines = ["{", f'"mutmut": {json.dumps(keep["mutmut"])},', '"modules": {']
-    modules = list(keep["modules"].items())
-    for i, (module, by_name) in enumerate(modules):
-        lines.append(f"{json.dumps(module)}: {{")
-        items = list(by_name.items())
-        for j, (name, entry) in enumerate(items):
-            comma = "," if j < len(items) - 1 else ""
-            lines.append(f"{json.dumps(name, ensure_ascii=False)}: {json.dumps(entry)}{comma}")
-        lines.append("}," if i < len(modules) - 1 else "}")
-    lines += ["}", "}"]
-    return "\n".join(lines) + "\n"
+    modules = ",\n".join(
+        f"{json.dumps(module)}: {{\n"
+        + ",\n".join(f"{json.dumps(n, ensure_ascii=False)}: {json.dumps(e)}" for n, e in by_name.items())
+        + "\n}"
+        for module, by_name in keep["modules"].items()
+    )
+    return f'{{\n"mutmut": {json.dumps(keep["mutmut"])},\n"modules": {{\n{modules}\n}}\n}}\n'
 
 
 def _md_row(*cells: Any) -> str:
@@ -588,8 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         # kept verdicts need today's mutants and function hashes to be matched against
         generate_mutants()
     if a.sample is not None:
-        results = load_results(a.mutants)
-        apply_verdicts(results, load_hashes(a.mutants), kept)
+        results = load_results(a.mutants, kept)[0]
         missing = [m for m in modules if not results.get(m)]
         if missing:
             print(
@@ -609,17 +604,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(name)
         return 0
     if a.list:
-        results = load_results(a.mutants)
-        apply_verdicts(results, load_hashes(a.mutants), kept)
+        results = load_results(a.mutants, kept)[0]
         want = {"survived": "survived", "not-checked": "not checked", "no-tests": "no tests"}[a.list]
         for module in modules:
             for name, code in results.get(module, {}).items():
                 if status_of(code) == want:
                     print(name)
         return 0
-    results = load_results(a.mutants)
-    hashes = load_hashes(a.mutants)
-    filled = apply_verdicts(results, hashes, kept)
+    results, hashes, filled = load_results(a.mutants, kept)
     report = build(modules, results, a.equivalent)
     report["samples"] = []
     seen: set[str] = set()

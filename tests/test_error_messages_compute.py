@@ -18,10 +18,7 @@ from seals_gpu.metrics import recall
 from seals_gpu.pool import NeighborCache
 from seals_gpu.scoring import TopB, merge_topb, score_candidates, score_select, strategy_scores
 
-
-def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from .conftest import unit_rows as _unit
 
 
 def _select(emb, rows, offsets, W, bias, kind, ref) -> object:

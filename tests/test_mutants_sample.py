@@ -15,10 +15,7 @@ from seals_gpu.errors import ConfigError, IndexError_, StoreError
 from seals_gpu.index.shard import IndexShard, SearchParams, default_ivf_params, flat_candidates, train_ivfpq
 from seals_gpu.store import prevalence_range, write_store
 
-
-def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from .conftest import unit_rows as _unit
 
 
 # ------------------------------------------------------------------------------------------ index.shard

@@ -25,6 +25,8 @@ from seals_gpu.split import ABSENT, TEST, TRAIN, ShardSplit, Split
 from seals_gpu.strategies import select_topk, select_topk_segmented
 from seals_gpu.synth import make_synthetic_store
 
+from .conftest import unit_rows as _unit
+
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
@@ -36,11 +38,6 @@ def synth(tmp_path_factory):
         prevalence=(0.01, 0.02),
         seed=3,
     )
-
-
-def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------------------------ driver

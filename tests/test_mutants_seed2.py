@@ -25,10 +25,7 @@ from seals_gpu.scoring import pq_logits, score_all
 from seals_gpu.store import Store, StoreWriter, l2_normalize, write_store
 from seals_gpu.synth import make_synthetic_store
 
-
-def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from .conftest import unit_rows as _unit
 
 
 def _part(ids: np.ndarray, d: int = 4) -> pa.Table:

@@ -22,10 +22,7 @@ from seals_gpu.learner import LogisticModel, fit_logistic
 from seals_gpu.scoring import score_all
 from seals_gpu.store import write_store
 
-
-def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from .conftest import unit_rows as _unit
 
 
 # ------------------------------------------------------------------------------------------------ scoring
