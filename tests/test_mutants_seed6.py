@@ -96,3 +96,12 @@ def test_split_codes_are_one_byte_per_id_in_the_shape_asked() -> None:
     assert codes.dtype == np.int8
     assert codes.tolist() == [[TRAIN, TEST], [ABSENT, TRAIN], [TRAIN, TEST]]
     assert split.codes(np.empty(0, np.int64)).dtype == np.int8
+
+
+def test_sorted_unique_drops_the_repeat_of_a_two_id_array() -> None:
+    """(kills ``sorted_unique`` mutant 4: arrays of two ids left as they were, a repeated id included.)"""
+    from seals_gpu.pool import sorted_unique
+
+    for x, want in [([5, 5], [5]), ([9, 2], [2, 9]), ([7], [7]), ([], []), ([3, 1, 3], [1, 3])]:
+        got = sorted_unique(np.array(x, dtype=np.int64))
+        assert got.dtype == np.int64 and got.tolist() == want

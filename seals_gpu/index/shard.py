@@ -278,11 +278,11 @@ class IndexShard:
 
     def _position_table(self) -> np.ndarray | None:
         """``table[id - ids[0]]`` = row of ``id`` or -1, for dense ids below 2**31 rows; an empty table for
-        contiguous ids (row = id - ids[0]); None for sparse ids (binary search)."""
+        contiguous ids (row = id - ids[0]); None for sparse ids (binary search: two integer comparisons
+        decide that, so only a built table is kept)."""
         table = getattr(self, "_pos_table", None)
-        if table is not None or getattr(self, "_pos_table_checked", False):
+        if table is not None:
             return table
-        self._pos_table_checked = True
         n = self.ids.size
         span = int(self.ids[-1]) - int(self.ids[0]) + 1
         if span == n:  # ids[0], ids[0] + 1, ...: no table needed (an empty one marks the case)
