@@ -25,6 +25,20 @@ def test_take_finds_ids_in_files_after_one_that_holds_none_of_them(tmp_path) -> 
     np.testing.assert_allclose(store.take(want), x[[25, 2, 29, 0]], rtol=1e-6, atol=1e-7)
 
 
+def test_a_zero_row_given_to_a_store_writer_is_named_as_coming_from_write(tmp_path) -> None:
+    """A row that cannot be l2-normalised is refused, the message saying where it came from (``write``) and
+    which row; the store is not created (kills ``StoreWriter.write`` mutant 44: the place named wrongly)."""
+    from seals_gpu.errors import StoreError
+    from seals_gpu.store import StoreWriter
+
+    x = _unit(3, 4)
+    x[1] = 0.0
+    with pytest.raises(StoreError, match=r"^write: row 1 is an all-zero vector"):
+        with StoreWriter(tmp_path / "s", dim=4) as w:
+            w.write(np.arange(3), x)
+    assert not (tmp_path / "s").exists()
+
+
 # ----------------------------------------------------------------------------------------------- scoring
 @pytest.mark.parametrize("emb_dtype", [torch.float32, torch.float16])
 def test_the_dense_cpu_path_scores_in_the_asked_dtype(emb_dtype: torch.dtype) -> None:
