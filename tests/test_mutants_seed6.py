@@ -39,6 +39,24 @@ def test_a_zero_row_given_to_a_store_writer_is_named_as_coming_from_write(tmp_pa
     assert not (tmp_path / "s").exists()
 
 
+def test_a_file_without_the_labels_column_is_refused_naming_the_file_that_has_it(tmp_path) -> None:
+    """Every file of a store has the same columns: a later file without ``labels`` is refused, naming it
+    and the first file, which has them (kills ``Store.__init__`` mutant 133: the second file named as the
+    one to compare with, which is the offending file itself here)."""
+    import shutil
+
+    from seals_gpu.errors import StoreError
+    from seals_gpu.store import Store
+
+    labeled = write_store(tmp_path / "a", np.arange(4), _unit(4, 4), labels=[["x"], [], [], ["x"]])
+    plain = write_store(tmp_path / "b", np.arange(10, 14), _unit(4, 4, seed=1))
+    (first,) = labeled.files
+    shutil.copy(plain.files[0], tmp_path / "a" / "zz-more.parquet")
+    with pytest.raises(StoreError) as err:
+        Store(tmp_path / "a")
+    assert str(err.value) == f"{tmp_path / 'a' / 'zz-more.parquet'}: has no 'labels' column, unlike {first}"
+
+
 # ----------------------------------------------------------------------------------------------- scoring
 @pytest.mark.parametrize("emb_dtype", [torch.float32, torch.float16])
 def test_the_dense_cpu_path_scores_in_the_asked_dtype(emb_dtype: torch.dtype) -> None:
