@@ -19,7 +19,7 @@ not detected.
 
     python benchmarks/mutation_report.py                    # report on every module mutmut has results for
     python benchmarks/mutation_report.py --modules metrics pool index.merge
-    python benchmarks/mutation_report.py --list survived    # names only, e.g. to re-run just those:
+    python benchmarks/mutation_report.py --list survived    # names only (listed equivalents left out), e.g.:
     .venv/bin/mutmut run $(python benchmarks/mutation_report.py --list survived)
 
 Sampled score (``make mutate-sample``): checking every core mutant is about a day of two cores, so
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--list",
         choices=["survived", "not-checked", "no-tests"],
-        help="only print mutant names, one per line",
+        help="only print mutant names, one per line (survived: those not listed equivalent)",
     )
     p.add_argument(
         "--sample",
@@ -606,10 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.list:
         results = load_results(a.mutants, kept)[0]
         want = {"survived": "survived", "not-checked": "not checked", "no-tests": "no tests"}[a.list]
-        for module in modules:
-            for name, code in results.get(module, {}).items():
-                if status_of(code) == want:
-                    print(name)
+        # the report's own status: a survivor listed equivalent (and still showing that change) is not listed
+        for name, status in build(modules, results, a.equivalent)["status"].items():
+            if status == want:
+                print(name)
         return 0
     results, hashes, filled = load_results(a.mutants, kept)
     report = build(modules, results, a.equivalent)

@@ -544,3 +544,28 @@ def test_an_equivalent_entry_is_stale_only_when_its_mutant_is_gone_or_now_detect
     eq.write_text(json.dumps([{"mutant": n, "change": "x", "reason": "r"} for n in names[:2] + names[3:]]))
     stale = {e["mutant"]: e["why"] for e in mr.build(["pool"], results, eq)["stale_equivalent"]}
     assert stale == {names[1]: "killed now", names[3]: "no such mutant now (code changed)"}
+
+
+def test_list_survived_leaves_out_the_listed_equivalents(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--list survived`` names the mutants worth re-running: a survivor listed equivalent (its entry still
+    matching the mutated line) is left out, one whose entry no longer matches is named, killed ones never."""
+    names = _names("pool", 4)
+    mutants = _fake_mutants(
+        tmp_path / "mutants", {"pool": {names[0]: 0, names[1]: 0, names[2]: 1, names[3]: 0}}
+    )
+    eq = tmp_path / "eq.json"
+    eq.write_text(
+        json.dumps(
+            [
+                {"mutant": names[1], "change": "y = 2", "reason": "r"},
+                {"mutant": names[3], "change": "y = 3", "reason": "an entry written for an earlier mutant"},
+            ]
+        )
+    )
+    monkeypatch.setattr(mr, "mutant_diff", lambda name, module: "--- a\n+++ b\n@@ -1 +1 @@\n-y = 1\n+y = 2\n")
+    rc = mr.main(
+        ["--mutants", str(mutants), "--modules", "pool", "--verdicts", str(tmp_path / "none-v.json")]
+        + ["--equivalent", str(eq), "--list", "survived"]
+    )
+    assert rc == 0
+    assert capsys.readouterr().out.split() == [names[0], names[3]]
