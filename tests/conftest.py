@@ -17,6 +17,26 @@ from .mutmut_hooks import (  # noqa: F401 - hooks for `make mutate`, registered 
 )
 
 
+def run_object(store, out, *, log=None, **kwargs):
+    """A ``Run`` built over ``store`` (its checks done, nothing written), not started: RunConfig fields go to
+    the config, the rest (index, graph, backend, cache, ...) to ``Run``; CPU, no progress bar, quiet log
+    unless given."""
+    from seals_gpu.config import RunConfig
+    from seals_gpu.device import resolve_device
+    from seals_gpu.driver import Run
+
+    run_args = ("index", "graph", "backend")  # objects for Run itself, not the config's paths
+    settings = {
+        key: kwargs.pop(key)
+        for key in list(kwargs)
+        if key in RunConfig.__dataclass_fields__ and key not in run_args
+    }
+    cfg = RunConfig(store=str(store.path), store_fingerprint=store.fingerprint, **settings)
+    kwargs.setdefault("device", resolve_device("cpu"))
+    kwargs.setdefault("progress", False)
+    return Run(cfg, out, store=store, log=log or (lambda *_: None), **kwargs)
+
+
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
     """``n`` seeded random unit vectors of dimension ``d``, float32."""
     x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)

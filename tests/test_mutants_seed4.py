@@ -12,6 +12,7 @@ import pytest
 
 from seals_gpu.store import Store, write_store
 
+from .conftest import run_object
 from .conftest import unit_rows as _unit
 
 
@@ -108,15 +109,8 @@ def test_the_line_searchs_next_trial_stays_inside_its_bracket() -> None:
 
 
 def _run_object(store, out, **settings):
-    """A Run built (its checks done, nothing written), not started."""
-    from seals_gpu.config import RunConfig
-    from seals_gpu.device import resolve_device
-    from seals_gpu.driver import Run
-
-    cfg = RunConfig(store=str(store.path), store_fingerprint=store.fingerprint, **settings)
-    return Run(
-        cfg, out, store=store, device=resolve_device("cpu"), progress=False, log=lambda *_: None, cache=False
-    )
+    """A Run built (its checks done, nothing written), not started; no search cache."""
+    return run_object(store, out, cache=False, **settings)
 
 
 def test_seed_negatives_that_exactly_use_up_the_rows_besides_the_seed_ids_are_allowed(tmp_path) -> None:

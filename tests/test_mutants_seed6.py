@@ -66,17 +66,13 @@ def test_the_dense_cpu_path_scores_in_the_asked_dtype(emb_dtype: torch.dtype) ->
     embeddings' dtype, which a float64 or float32 GEMM refuses)."""
     from seals_gpu import scoring
 
-    g = torch.Generator().manual_seed(6)
-    N, d, U = 3000, 16, 6
-    emb = torch.nn.functional.normalize(torch.randn(N, d, generator=g), dim=1).to(emb_dtype)
-    pools = [torch.sort(torch.randperm(1500, generator=g)[: 300 + 40 * u]).values for u in range(U)]
-    rows = torch.cat(pools)
-    ids = rows * 3 + 1
-    off = torch.tensor([0] + [int(p.numel()) for p in pools]).cumsum(0)
-    W = torch.randn(U, d, generator=g) * 10
-    bias = torch.randn(U, generator=g)
-    kind = torch.tensor([1, 0, 2] * 2, dtype=torch.int8)
-    ref = torch.nn.functional.normalize(torch.randn(U, d, generator=g), dim=1)
+    from .test_scoring import overlapping_pools
+
+    N, U = 3000, 6
+    emb, rows, ids, off, W, bias, kind, ref = overlapping_pools(
+        6, N, 16, U, span=1500, first=300, step=40, w_scale=10.0
+    )
+    emb = emb.to(emb_dtype)
     assert scoring._dense_profitable(rows, ids, off.numpy(), U, N) is not None, "the dense path must run"
     args = (emb, rows, ids, off, W, bias, kind, ref, 1.0, 25)
     fast = scoring.score_select(*args, backend="auto", compute_dtype=torch.float64)

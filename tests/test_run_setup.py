@@ -30,6 +30,7 @@ from seals_gpu.planner import SearchPlan
 from seals_gpu.store import write_store
 from seals_gpu.synth import make_synthetic_store
 
+from .conftest import run_object as _run
 from .conftest import unit_rows as _unit
 
 SMALL = dict(k=5, batch=10, budget=40, seed_positives=2, seed_negatives=8)
@@ -56,19 +57,6 @@ def setup(tmp_path_factory) -> SimpleNamespace:
 
 def _config(store, **settings: Any) -> RunConfig:
     return RunConfig(store=str(store.path), store_fingerprint=store.fingerprint, **settings)
-
-
-def _run(store, out: Path, *, log=None, **kwargs: Any) -> Run:
-    """A Run built (its checks done, nothing written), not started."""
-    run_args = ("index", "graph", "backend")  # objects for Run itself, not the config's paths
-    settings = {
-        key: kwargs.pop(key)
-        for key in list(kwargs)
-        if key in RunConfig.__dataclass_fields__ and key not in run_args
-    }
-    kwargs.setdefault("device", resolve_device("cpu"))
-    kwargs.setdefault("progress", False)
-    return Run(_config(store, **settings), out, store=store, log=log or (lambda *_: None), **kwargs)
 
 
 def _spy(monkeypatch, name: str) -> list[tuple[tuple, dict]]:

@@ -366,25 +366,33 @@ def test_score_all_validation() -> None:
     assert empty.counts.tolist() == [0, 0]
 
 
+def overlapping_pools(
+    seed: int, N: int, d: int, U: int, *, span: int, first: int, step: int, w_scale: float = 20.0
+):
+    """A CSR batch whose U sorted pools (``first + step * u`` of the rows below ``span``) overlap heavily,
+    as one concept's strategies do: ``(emb, rows, ids, offsets, W, bias, kind, ref)``; kinds cycle mlp,
+    maxent, id."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.nn.functional.normalize(torch.randn(N, d, generator=g), dim=1)
+    pools = [torch.sort(torch.randperm(span, generator=g)[: first + step * u]).values for u in range(U)]
+    rows = torch.cat(pools)
+    ids = rows * 5 + 3
+    off = torch.tensor([0] + [int(p.numel()) for p in pools]).cumsum(0)
+    W = torch.randn(U, d, generator=g) * w_scale
+    bias = torch.randn(U, generator=g)
+    kind = torch.tensor([1, 0, 2] * (U // 3), dtype=torch.int8)
+    ref = torch.nn.functional.normalize(torch.randn(U, d, generator=g), dim=1)
+    return emb, rows, ids, off, W, bias, kind, ref
+
+
 @pytest.mark.parametrize("N", [3000, 40_000, 60_000])  # all rows / bitmap plan / sorted plan
 def test_dense_union_path_equals_reference_on_separated_scores(N):
     """The CPU union-GEMM fast path (auto) selects what the per-row reference selects; scores agree to
     float rounding. Scores are well separated here (mlp on a wide logit range) so rounding cannot reorder."""
     from seals_gpu import scoring
 
-    g = torch.Generator().manual_seed(11)
-    d, U = 32, 9
-    emb = torch.nn.functional.normalize(torch.randn(N, d, generator=g), dim=1)
-    pools = [
-        torch.sort(torch.randperm(2000, generator=g)[: 400 + 50 * u]).values for u in range(U)
-    ]  # shared rows
-    rows = torch.cat(pools)
-    ids = rows * 5 + 3
-    off = torch.tensor([0] + [int(p.numel()) for p in pools]).cumsum(0)
-    W = torch.randn(U, d, generator=g) * 20
-    bias = torch.randn(U, generator=g)
-    kind = torch.tensor([1, 0, 2] * 3, dtype=torch.int8)
-    ref = torch.nn.functional.normalize(torch.randn(U, d, generator=g), dim=1)
+    U = 9
+    emb, rows, ids, off, W, bias, kind, ref = overlapping_pools(11, N, 32, U, span=2000, first=400, step=50)
     plan = scoring._dense_profitable(rows, ids, off.numpy(), U, N)
     assert plan is not None, "this batch should take the dense path"
     assert (plan[0] is None) == (N == 3000), "a small matrix is scored whole, a large one by its used rows"
