@@ -142,3 +142,12 @@ def test_neighbor_cache_grows_geometrically_one_id_at_a_time() -> None:
     assert reallocations <= 4
     D, I = cache.lookup(np.array([2999, 0, 1500]))
     assert I[:, 0].tolist() == [3000, 1, 1501]
+
+
+def test_a_concept_without_positives_gets_an_empty_int64_id_array(tmp_path) -> None:
+    """``concept_positives`` answers int64 ids for every concept asked, an empty int64 array for one that no
+    row holds (ids are int64 everywhere; kills ``Store.concept_positives`` mutant 42: float64 for those)."""
+    store = write_store(tmp_path / "s", np.arange(4) - 2, _unit(4, 4), labels=[[1], [2], [], [1]])
+    pos = store.concept_positives([1, 99])
+    assert pos[1].dtype == np.int64 and pos[1].tolist() == [-2, 1]
+    assert pos[99].dtype == np.int64 and pos[99].size == 0
