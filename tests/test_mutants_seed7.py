@@ -119,7 +119,8 @@ def test_neighbor_cache_stores_a_similarity_float32_cannot_hold_as_a_missing_slo
     id (kills ``NeighborCache.add`` mutants 16 and 18: the finiteness test made on the float64 input)."""
     cache = NeighborCache(3)
     D = np.array([[0.9, 1e39, 0.5]], dtype=np.float64)
-    cache.add(np.array([7]), D, np.array([[11, 12, 13]]))
+    with np.errstate(over="ignore"):  # the cast to float32 overflows, as it should
+        cache.add(np.array([7]), D, np.array([[11, 12, 13]]))
     D_got, I_got = cache.lookup(np.array([7]))
     assert D_got.dtype == np.float32
     assert I_got.tolist() == [[11, -1, 13]]
@@ -151,3 +152,219 @@ def test_a_concept_without_positives_gets_an_empty_int64_id_array(tmp_path) -> N
     pos = store.concept_positives([1, 99])
     assert pos[1].dtype == np.int64 and pos[1].tolist() == [-2, 1]
     assert pos[99].dtype == np.int64 and pos[99].size == 0
+
+
+# a concept on the first n of 20,000 rows for each n: prevalences on every histogram edge (n / 20,000 is the
+# double nearest each edge), one below the first edge and one on every row (prevalence 1.0)
+_INFO_COUNTS = {
+    3: 1,
+    11: 1,
+    21: 2,
+    22: 4,
+    23: 10,
+    24: 20,
+    25: 40,
+    26: 100,
+    27: 199,
+    28: 200,
+    29: 2000,
+    30: 20_000,
+}
+
+
+@pytest.fixture(scope="module")
+def info_store(tmp_path_factory) -> Store:
+    n = 20_000
+    labels: list[list[int]] = [[] for _ in range(n)]
+    for c, m in _INFO_COUNTS.items():
+        for row in range(m):
+            labels[row].append(c)
+    split = np.where(np.arange(n) % 5 == 0, "test", "train")  # 4,000 test rows
+    ids = np.arange(n, dtype=np.int64) * 3 - 7
+    x = np.random.default_rng(7).normal(size=(n, 4)).astype(np.float32)
+    return write_store(
+        tmp_path_factory.mktemp("info") / "s", ids, x, labels=labels, split=split, rows_per_file=8000
+    )
+
+
+def test_info_reports_every_field_against_counts_made_independently(info_store: Store) -> None:
+    """``store info``'s summary, field by field, against what the rows written say: rows, dimension, files,
+    fingerprint, split source and sizes, concept count and kind, the prevalence histogram with every edge
+    (a prevalence on an edge falls in the bin it opens, 1.0 in the last), the ten largest concepts (ties
+    by the key's text) and the counts (kills the ``Store.info`` mutants that rename a key, move an edge or
+    change the binning, the split arithmetic or the top-ten order)."""
+    info = info_store.info()
+    edges = [0.0, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 1e-1, 1.0]
+    # 3 and 11 at 5e-5; 21 on 1e-4; 22 on 2e-4; 23 on 5e-4; 24 on 1e-3; 25 on 2e-3; 26 on 5e-3; 27 just below
+    # 1e-2 and 28 on it; 29 on 0.1 and 30 at 1.0
+    per_bin = [2, 1, 1, 1, 1, 1, 2, 1, 2]
+    assert info == {
+        "path": str(info_store.path),
+        "rows": 20_000,
+        "dim": 4,
+        "files": 3,
+        "fingerprint": info_store.fingerprint,
+        "split": {"source": "column", "train": 16_000, "test": 4_000},
+        "concepts": 12,
+        "label_kind": "int",
+        "prevalence_histogram": [
+            {"min": edges[i], "max": edges[i + 1], "concepts": per_bin[i]} for i in range(9)
+        ],
+        "top_concepts": [
+            (30, 20_000),
+            (29, 2000),
+            (28, 200),
+            (27, 199),
+            (26, 100),
+            (25, 40),
+            (24, 20),
+            (23, 10),
+            (22, 4),
+            (21, 2),
+        ],
+        "counts": _INFO_COUNTS,
+    }
+    assert [h["concepts"] for h in info["prevalence_histogram"]] == per_bin
+    assert list(info) == [
+        "path",
+        "rows",
+        "dim",
+        "files",
+        "fingerprint",
+        "split",
+        "concepts",
+        "label_kind",
+        "prevalence_histogram",
+        "top_concepts",
+        "counts",
+    ]
+
+
+def test_info_breaks_ties_among_the_top_concepts_by_the_key_as_text(tmp_path) -> None:
+    """Concepts with equal counts are listed by their key's text ('11' before '3'), and only ten are
+    listed (kills the ``Store.info`` mutants that drop the tie-break or the cut)."""
+    labels = [[c for c in range(1, 13)]] + [[] for _ in range(3)]
+    info = write_store(tmp_path / "s", np.arange(4), _unit(4, 4), labels=labels[:4]).info()
+    assert [c for c, _ in info["top_concepts"]] == [1, 10, 11, 12, 2, 3, 4, 5, 6, 7]
+    assert info["split"]["source"] == "hash(id)"
+    assert info["split"]["train"] + info["split"]["test"] == 4
+
+
+def test_concept_counts_within_each_split(info_store: Store) -> None:
+    """Counts per concept within the test split (every fifth row) and the train split add up to the
+    whole store's, each counted here from the rows as written."""
+    test = info_store.concept_counts(split="test")
+    train = info_store.concept_counts(split="train")
+    want_test = {c: len(range(0, m, 5)) for c, m in _INFO_COUNTS.items()}
+    assert test == want_test
+    assert train == {c: m - want_test[c] for c, m in _INFO_COUNTS.items() if m - want_test[c]}
+    assert info_store.concept_counts() == _INFO_COUNTS
+    with pytest.raises(StoreError, match=r"split='dev'; use 'train', 'test' or None"):
+        info_store.concept_counts(split="dev")
+
+
+@pytest.fixture
+def named_store(tmp_path) -> Store:
+    """Int labels 1..9 with a ``_concepts.parquet``: 'Dog' and 'dog' (two concepts, one name in any case),
+    'cat', and six concepts all named 'bird'."""
+    store = write_store(tmp_path / "s", np.arange(9), _unit(9, 4), labels=[[c] for c in range(1, 10)])
+    names = ["Dog", "cat", "dog", "bird", "bird", "bird", "bird", "bird", "bird"]
+    t = pa.table({"concept_id": pa.array(range(1, 10), pa.int64()), "name": pa.array(names)})
+    pq.write_table(t, store.path / "_concepts.parquet")
+    return Store(store.path)
+
+
+def test_resolve_concepts_reads_ids_wordnet_ids_and_names_in_any_case(named_store: Store) -> None:
+    """``--concepts`` tokens: an int id, a WordNet-style ``n<digits>`` id, a name in any case with blanks
+    around it; empty tokens are skipped; the keys come back in the order given (kills ``Store.resolve_
+    concepts`` mutants that stop stripping, lowercasing, reading ``n``-ids or skipping empty tokens)."""
+    assert named_store.concept_names()[2] == "cat"
+    assert named_store.resolve_concepts(["5", " n3 ", "", "  ", "CAT ", "-4"]) == [5, 3, 2, -4]
+    assert named_store.resolve_concepts(["n00000007"]) == [7]
+
+
+def test_resolve_concepts_refuses_ambiguous_and_unknown_names_saying_what_to_do(named_store: Store) -> None:
+    """A name shared by several concepts is refused with how many and the first five of them, and the fix
+    (pass the id); a name no concept has is refused naming the command that lists them; ``n`` alone or
+    ``nx5`` are names, not ids (kills ``Store.resolve_concepts`` mutants that change a message, the five,
+    or let an ambiguous name through)."""
+    with pytest.raises(
+        StoreError,
+        match=r"^concept name 'dog' is ambiguous \(2 concepts: \[1, 3\]\); pass the concept id instead$",
+    ):
+        named_store.resolve_concepts(["dog"])
+    with pytest.raises(
+        StoreError, match=r"^concept name 'Bird' is ambiguous \(6 concepts: \[4, 5, 6, 7, 8\]\)"
+    ):
+        named_store.resolve_concepts(["1", "Bird"])
+    for tok in ("horse", "n", "nx5"):
+        with pytest.raises(StoreError) as e:
+            named_store.resolve_concepts([tok])
+        assert str(e.value) == (
+            f"unknown concept {tok!r}; list the store's concepts with `seals-gpu store info {named_store.path}`"
+        )
+    with pytest.raises(StoreError, match=r"^concept 5 is listed twice; list each concept once$"):
+        named_store.resolve_concepts(["5", "n5"])
+
+
+def test_resolve_concepts_of_a_string_store_takes_the_labels_as_given(tmp_path) -> None:
+    """String labels are their own keys: tokens are stripped but not lowercased or parsed as ids."""
+    s = write_store(tmp_path / "s", np.arange(3), _unit(3, 4), labels=[["Cat"], ["n5"], ["7"]])
+    assert s.resolve_concepts([" Cat", "n5", "7", ""]) == ["Cat", "n5", "7"]
+
+
+def test_concept_names_side_file_read_or_refused_with_its_fix(tmp_path) -> None:
+    """``_concepts.parquet``: absent gives no names; keyed by ``concept_id`` or by ``concept``; a folder, a
+    file that is not Parquet, or one without the two columns is refused naming the file and saying to
+    rewrite or remove it; int keys beside string labels are refused saying the labels are strings."""
+    fix = "rewrite it, or remove it (the store works without names)"
+    s = write_store(tmp_path / "s", np.arange(3), _unit(3, 4), labels=[["a"], ["b"], []])
+    f = s.path / "_concepts.parquet"
+    assert s.concept_names() == {}
+    pq.write_table(pa.table({"concept": ["a", "b"], "name": ["Apple", "Bee"]}), f)
+    assert s.concept_names() == {"a": "Apple", "b": "Bee"}
+    pq.write_table(pa.table({"concept_id": pa.array([1, 2]), "name": ["Apple", "Bee"]}), f)
+    with pytest.raises(StoreError) as e:
+        s.concept_names()
+    assert (
+        str(e.value)
+        == f"{f}: column 'concept_id' holds int64, but the store's labels are string concept ids; {fix}"
+    )
+    pq.write_table(pa.table({"concept_id": ["a"], "title": ["Apple"]}), f)
+    with pytest.raises(StoreError) as e:
+        s.concept_names()
+    assert (
+        str(e.value)
+        == f"{f}: expected columns 'concept_id' (or 'concept') and 'name', found ['concept_id', 'title']; {fix}"
+    )
+    f.write_bytes(b"not parquet")
+    with pytest.raises(
+        StoreError, match=rf"^{f}: not a readable Parquet file \(.+\); rewrite it, or remove it"
+    ):
+        s.concept_names()
+    f.unlink()
+    f.mkdir()
+    with pytest.raises(StoreError) as e:
+        s.concept_names()
+    assert str(e.value) == f"{f} is not a file (the concept-names side file); {fix}"
+
+
+def test_info_reads_no_embedding_so_it_summarises_a_store_with_bad_vectors(tmp_path) -> None:
+    """``store info`` reads ids, labels and the split only (on a billion-row store the vectors are nearly all
+    the bytes): a store written by another tool with an all-zero and a NaN vector is still summarised,
+    while ``validate`` refuses it (kills ``Store.info`` mutants 5 and 7: the vectors read and normalised)."""
+    root = tmp_path / "s"
+    root.mkdir()
+    x = _unit(4, 3)
+    x[1] = 0.0
+    x[2, 0] = np.nan
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=pa.float32()), 3)
+    labels = pa.array([[1], [1], [], [2]], type=pa.list_(pa.int64()))
+    pq.write_table(
+        pa.table({"id": pa.array(np.arange(4)), "embedding": emb, "labels": labels}), root / "a.parquet"
+    )
+    store = Store(root)
+    info = store.info()
+    assert info["rows"] == 4 and info["counts"] == {1: 2, 2: 1}
+    with pytest.raises(StoreError):
+        store.validate()
