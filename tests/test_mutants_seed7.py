@@ -41,7 +41,7 @@ def test_the_dimension_is_read_from_the_first_embedding_that_is_not_null(tmp_pat
     """Variable-length list embeddings carry no dimension in the schema: it is read from the first non-null
     row, so a null first row does not make the store unreadable with a wrong reason; the null itself is
     refused when rows are read, naming its row (kills ``Store._first_list_len`` mutant 5: rows read two at
-    a time, so the second row was never looked at)."""
+    a time, so the second row was never looked at; and 12, the all-null file's message)."""
     root = tmp_path / "s"
     root.mkdir()
     emb = pa.array([None, [0.6, 0.8, 0.0]], type=pa.list_(pa.float32()))
@@ -50,6 +50,12 @@ def test_the_dimension_is_read_from_the_first_embedding_that_is_not_null(tmp_pat
     assert store.dim == 3
     with pytest.raises(StoreError, match=r"column 'embedding' has a null at row 0"):
         store.validate()
+    # every embedding null: nothing to read a dimension from, said so, naming the file
+    emb = pa.array([None, None], type=pa.list_(pa.float32()))
+    pq.write_table(pa.table({"id": pa.array([1, 2], pa.int64()), "embedding": emb}), root / "a.parquet")
+    with pytest.raises(StoreError) as e:
+        Store(root)
+    assert str(e.value) == f"{root / 'a.parquet'}: no embedding to read a dimension from"
 
 
 def test_info_names_the_store_it_describes(tmp_path) -> None:
