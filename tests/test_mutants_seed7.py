@@ -1,6 +1,7 @@
 """Tests from the survivors of seed 7 (``make mutate-sample SAMPLE=40 SAMPLE_SEED=7 MUTATE=store``, session
-13) and of the whole-module run of ``pool`` beside it, each stated as the property a user relies on; the
-docstrings name the mutants they kill."""
+13), of the whole-module run of ``pool`` beside it and of the store's metadata functions (``info``,
+``concept_counts``, ``resolve_concepts``, ``concept_names``, ...) checked whole after it, each stated as the
+property a user relies on; the docstrings name the mutants they kill."""
 
 from __future__ import annotations
 
