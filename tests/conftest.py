@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -35,6 +36,11 @@ def run_object(store, out, *, log=None, **kwargs):
     kwargs.setdefault("device", resolve_device("cpu"))
     kwargs.setdefault("progress", False)
     return Run(cfg, out, store=store, log=log or (lambda *_: None), **kwargs)
+
+
+def embedding_column(x: np.ndarray) -> pa.Array:
+    """Rows of ``x`` as the Parquet ``embedding`` column (fixed-size float32 lists), for files written by hand."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(x, np.float32).ravel()), x.shape[1])
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -27,6 +27,8 @@ from seals_gpu.index import IndexSpec, build_index
 from seals_gpu.store import write_store
 from seals_gpu.synth import make_synthetic_store
 
+from .conftest import embedding_column as _emb
+
 DIM = 8
 
 
@@ -49,10 +51,6 @@ def _store_of(folder: Path, *tables: pa.Table) -> Path:
     for i, t in enumerate(tables):
         pq.write_table(t, folder / f"part-{i:05d}.parquet")
     return folder
-
-
-def _emb(x: np.ndarray) -> pa.Array:
-    return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), x.shape[1])
 
 
 @pytest.fixture(scope="module")
