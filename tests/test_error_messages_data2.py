@@ -63,6 +63,24 @@ def test_an_embedding_column_that_is_not_float_vectors_is_refused_on_open(tmp_pa
     assert str(err.value) == expected_msg
 
 
+def test_a_store_path_that_is_a_file_or_holds_only_empty_files_is_refused(tmp_path) -> None:
+    """A file given as a store, and a store whose Parquet files hold no rows, are refused in one line naming
+    the path (``Store.__init__``)."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreError) as err:
+        Store(tmp_path / "afile")
+    assert str(err.value) == f"store {tmp_path / 'afile'} is a file; a store is a folder of Parquet files"
+    root = tmp_path / "s"
+    root.mkdir()
+    pq.write_table(
+        pa.table({"id": pa.array([], pa.int64()), "embedding": embedding_column(_unit(0, 4))}),
+        root / "p.parquet",
+    )
+    with pytest.raises(StoreError) as err:
+        Store(root)
+    assert str(err.value) == f"store {root}: its files hold no rows; it is empty"
+
+
 def test_a_null_id_is_refused_when_read_naming_the_file_and_the_count(tmp_path) -> None:
     """Every row needs an id: a null one is refused in one line naming the file and how many there are
     (store ``_ids_to_numpy``)."""
