@@ -1,10 +1,11 @@
 """Messages of the store's and the atomic writer's refusals that no other test asserted whole (found in
-session 14 by listing every ``raise`` of the core modules whose message text appears in no test): each is
-one line naming the value and the fix, and a refused write leaves nothing behind."""
+session 14 by listing every ``raise`` of the core modules whose message text appears in no test): each names
+the value and the fix (one line on the command line), and a refused write leaves nothing behind."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +19,8 @@ from .conftest import embedding_column
 from .conftest import unit_rows as _unit
 
 
-def _hand_written(root, embedding: pa.Array, ids: pa.Array | None = None):
+def _hand_written(root: Path, embedding: pa.Array, ids: pa.Array | None = None) -> Path:
+    """A one-file store folder written by hand (ids 0..n-1 unless given); returns the file."""
     root.mkdir()
     f = root / "part-0.parquet"
     n = len(embedding)
