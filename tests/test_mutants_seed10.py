@@ -34,3 +34,23 @@ def test_an_output_folder_that_cannot_be_listed_is_refused_with_the_os_reason(tm
     assert str(err.value) == f"store {out} cannot be read (Permission denied); pick another path"
     monkeypatch.undo()
     assert out.is_dir() and list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "how"),
+    [("in/sub", "is inside"), ("in", "is"), ("", "contains")],
+    ids=["inside", "same", "contains"],
+)
+def test_an_output_that_overlaps_an_input_is_refused_whole_saying_what_to_do(tmp_path, where, how) -> None:
+    """An output that is, is inside or contains an input the command reads is refused before anything is
+    written, in one line naming both paths and the fix (kills ``atomic.check_not_input`` mutant 22: the
+    fix's text changed)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "part-0.parquet").write_bytes(b"data")
+    out = tmp_path / where if where else tmp_path
+    with pytest.raises(StoreError) as err:
+        check_store_out(out, overwrite=True, inputs=[("store", tmp_path / "in")])
+    assert str(err.value) == (
+        f"store {out} {how} the store {tmp_path / 'in'}, which this command reads; pick an output path elsewhere"
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["in", "part-0.parquet"]
