@@ -73,11 +73,7 @@ def test_a_store_path_that_is_a_file_or_holds_only_empty_files_is_refused(tmp_pa
         Store(tmp_path / "afile")
     assert str(err.value) == f"store {tmp_path / 'afile'} is a file; a store is a folder of Parquet files"
     root = tmp_path / "s"
-    root.mkdir()
-    pq.write_table(
-        pa.table({"id": pa.array([], pa.int64()), "embedding": embedding_column(_unit(0, 4))}),
-        root / "p.parquet",
-    )
+    _hand_written(root, embedding_column(_unit(0, 4)), ids=pa.array([], pa.int64()))
     with pytest.raises(StoreError) as err:
         Store(root)
     assert str(err.value) == f"store {root}: its files hold no rows; it is empty"
